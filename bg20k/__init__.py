@@ -1,0 +1,1 @@
+"""BG-20k-style background sets: resolution filter, near-duplicate removal, YOLO screening, split."""

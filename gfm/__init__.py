@@ -1,0 +1,1 @@
+"""Glance and Focus Matting: model, training, prediction and evaluation."""

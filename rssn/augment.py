@@ -1,0 +1,104 @@
+"""The RSSN route's image operations as pure array functions, and the one function that draws
+their random parameters.
+
+Every function here returns a new array and never mutates its inputs; randomness comes only
+from the generator passed to :func:`draw_params` or :func:`add_gaussian_noise`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAPER_BLUR_KERNELS = (20, 30, 40, 50, 60)
+
+
+@dataclass(frozen=True)
+class RouteProbabilities:
+    """Probabilities and parameter sets of the random operations."""
+
+    denoise_p: float = 0.5
+    blur_p: float = 0.5
+    blur_kernels: tuple[int, ...] = PAPER_BLUR_KERNELS
+    noise_p: float = 0.5
+
+
+@dataclass(frozen=True)
+class CompositeParams:
+    """Everything random about one composite."""
+
+    crop_fx: float  # horizontal crop position as a fraction of the free range
+    crop_fy: float
+    denoise_fg: bool
+    denoise_bg: bool
+    blur_kernel: int | None
+    noise_seed: int | None
+
+
+def draw_params(rng: np.random.Generator, probs: RouteProbabilities) -> CompositeParams:
+    """Draw one composite's parameters; always the same number of draws, whatever the outcome."""
+    u = rng.random(6)
+    kernel = int(probs.blur_kernels[int(rng.integers(len(probs.blur_kernels)))])
+    noise_seed = int(rng.integers(0, 2**63 - 1))
+    return CompositeParams(
+        crop_fx=float(u[0]),
+        crop_fy=float(u[1]),
+        denoise_fg=bool(u[2] < probs.denoise_p),
+        denoise_bg=bool(u[3] < probs.denoise_p),
+        blur_kernel=kernel if u[4] < probs.blur_p else None,
+        noise_seed=noise_seed if u[5] < probs.noise_p else None,
+    )
+
+
+def cover_size(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[int, int]:
+    """Size of ``src`` scaled (aspect kept) so that it just covers ``out_w`` x ``out_h``."""
+    s = max(out_w / src_w, out_h / src_h)
+    return max(out_w, int(math.ceil(src_w * s - 1e-9))), max(out_h, int(math.ceil(src_h * s - 1e-9)))
+
+
+def fit_background(
+    bg: np.ndarray, out_h: int, out_w: int, fx: float, fy: float
+) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+    """Scale ``bg`` to cover out_w x out_h without distortion, then crop at (fx, fy) in [0, 1).
+
+    Returns the crop, the crop box (x, y, w, h) in the scaled image and the scaled size (w, h).
+    """
+    h, w = bg.shape[:2]
+    sw, sh = cover_size(w, h, out_w, out_h)
+    if (sw, sh) != (w, h):
+        interp = cv2.INTER_AREA if sw < w else cv2.INTER_CUBIC
+        scaled = cv2.resize(bg, (sw, sh), interpolation=interp)
+    else:
+        scaled = bg
+    x = min(int(fx * (sw - out_w + 1)), sw - out_w)
+    y = min(int(fy * (sh - out_h + 1)), sh - out_h)
+    crop = np.ascontiguousarray(scaled[y : y + out_h, x : x + out_w])
+    return crop, (x, y, out_w, out_h), (sw, sh)
+
+
+def box_blur(img: np.ndarray, kernel: int) -> np.ndarray:
+    """Averaging filter of ``kernel`` x ``kernel`` (OpenCV box blur, reflected borders)."""
+    if kernel < 1:
+        raise ValueError(f"blur kernel must be positive, got {kernel}")
+    return cv2.blur(img, (int(kernel), int(kernel)))
+
+
+def blend(alpha: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """I = a F + (1 - a) B in float32 on the 0-255 scale; alpha HxW in [0, 1], fg/bg HxWx3."""
+    if fg.shape != bg.shape or fg.shape[:2] != alpha.shape[:2]:
+        raise ValueError(f"shapes differ: alpha {alpha.shape}, fg {fg.shape}, bg {bg.shape}")
+    a = alpha.astype(np.float32)[..., None]
+    return a * fg.astype(np.float32) + (1.0 - a) * bg.astype(np.float32)
+
+
+def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Add N(0, sigma^2) noise (0-255 scale) and clip to [0, 255]; returns float32."""
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+    return np.clip(img.astype(np.float32) + noise, 0.0, 255.0)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Round half to even and clip to uint8."""
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)

@@ -1,0 +1,413 @@
+"""`rssn compose`: the RSSN composition route as a pipeline of narrow stages.
+
+plan (main process)  ->  compose_unit (a worker: read, estimate, per-slot ops, write)
+                     ->  record (main process: manifest, progress, summary)
+
+A work unit is one foreground with the background slots still to make, so the foreground
+estimate and its denoised copy are computed once and shared by its K composites. Every random
+choice comes from a generator derived from (seed, foreground stem, slot).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import augment
+from .cache import ImageCache, content_key
+from .denoise import bm3d_denoise, estimate_noise_sigma
+from .foreground import estimate_foreground
+from .imageio import (
+    ImageReadError,
+    Matte,
+    list_images,
+    read_image,
+    read_matte,
+    read_rgba,
+    remove_stale_temporaries,
+    write_image,
+    write_matte,
+)
+from .layout import ForegroundItem, InputFailure, find_foregrounds
+from .manifest import Manifest
+from .seeding import derive_rng
+
+OUTPUT_DIRS = ("image", "alpha", "fg", "bg")
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    """Every setting of a compose run; built and validated once by the CLI."""
+
+    fg_dir: Path
+    bg_dir: Path
+    out_dir: Path
+    per_fg: int = 5
+    seed: int = 0
+    route: str = "rssn"  # rssn | plain
+    fg_method: str = "cf"
+    layout: str = "auto"
+    denoise_p: float = 0.5
+    denoise_sigma: float | None = None  # None: estimated from each image
+    denoise_profile: str = "np"
+    blur_p: float = 0.5
+    blur_kernels: tuple[int, ...] = augment.PAPER_BLUR_KERNELS
+    noise_p: float = 0.5
+    noise_sigma: float = 10.0
+    workers: int = 1
+    cache_dir: Path | None = None
+    image_format: str = "png"
+    png_level: int = 1
+    jpeg_quality: int = 95
+
+    @property
+    def probabilities(self) -> augment.RouteProbabilities:
+        if self.route == "plain":
+            return augment.RouteProbabilities(0.0, 0.0, self.blur_kernels, 0.0)
+        return augment.RouteProbabilities(self.denoise_p, self.blur_p, self.blur_kernels, self.noise_p)
+
+    @property
+    def cache_root(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.out_dir / "cache"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One foreground and the (slot, background path) pairs still to make for it."""
+
+    item: ForegroundItem
+    slots: tuple[tuple[int, str], ...]
+
+
+@dataclass
+class Summary:
+    foregrounds: int = 0
+    backgrounds: int = 0
+    planned: int = 0
+    made: int = 0
+    skipped_existing: int = 0
+    failed_composites: int = 0
+    failed_inputs: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def composites_per_second(self) -> float:
+        return self.made / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["composites_per_second"] = round(self.composites_per_second, 4)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def composite_id(stem: str, slot: int) -> str:
+    return f"{stem}_{slot:03d}"
+
+
+def assign_backgrounds(seed: int, stem: str, n_backgrounds: int, k: int) -> list[int]:
+    """K background indices for a foreground: distinct while K <= the number of backgrounds."""
+    rng = derive_rng(seed, "backgrounds", stem)
+    picks: list[int] = []
+    while len(picks) < k:
+        picks.extend(int(i) for i in rng.permutation(n_backgrounds))
+    return picks[:k]
+
+
+# ------------------------------------------------------------------ stage 1: plan
+
+
+def plan(cfg: ComposeConfig, manifest: Manifest) -> tuple[list[Unit], list[InputFailure], Summary]:
+    """Pair the inputs, draw backgrounds, and leave out composites the manifest already holds."""
+    items, failures = find_foregrounds(cfg.fg_dir, cfg.layout)
+    backgrounds = [str(p) for p in list_images(cfg.bg_dir)]
+    summary = Summary(foregrounds=len(items), backgrounds=len(backgrounds))
+    if not backgrounds:
+        raise FileNotFoundError(f"{cfg.bg_dir}: no background images found (looked for {', '.join(('jpg', 'png', 'webp', 'tif'))})")
+    units = []
+    for item in items:
+        todo = []
+        for slot, bg_index in enumerate(assign_backgrounds(cfg.seed, item.stem, len(backgrounds), cfg.per_fg)):
+            summary.planned += 1
+            cid = composite_id(item.stem, slot)
+            rec = manifest.get(f"composite:{cid}")
+            if rec is not None and all((cfg.out_dir / p).exists() for p in rec["outputs"].values()):
+                summary.skipped_existing += 1
+                continue
+            todo.append((slot, backgrounds[bg_index]))
+        if todo:
+            units.append(Unit(item, tuple(todo)))
+    return units, failures, summary
+
+
+# ------------------------------------------------------------------ stage 2: process
+
+
+class _ForegroundState:
+    """Per-unit memo: the foreground is read, estimated and denoised at most once."""
+
+    def __init__(self, item: ForegroundItem, cfg: ComposeConfig, cache: ImageCache):
+        self.item, self.cfg, self.cache = item, cfg, cache
+        self.matte: Matte
+        self.fg8: np.ndarray
+        self._denoised: tuple[np.ndarray, float] | None = None
+        self._load()
+
+    def _load(self) -> None:
+        item = self.item
+        if item.kind == "rgba":
+            image, matte = read_rgba(item.image)
+        else:
+            image = read_image(item.image)
+            assert item.matte is not None
+            matte = read_matte(item.matte)
+            if matte.shape != image.shape[:2]:
+                raise ImageReadError(
+                    item.matte,
+                    f"matte is {matte.shape[1]}x{matte.shape[0]} but its photo {item.image} is "
+                    f"{image.shape[1]}x{image.shape[0]}",
+                )
+        if not matte.values.any():
+            raise ImageReadError(item.matte or item.image, "matte is empty (all zero): nothing to composite")
+        self.matte = matte
+        self.fg_method = "given" if item.kind == "fg" else self.cfg.fg_method
+        if self.fg_method == "given":
+            self.fg8 = image
+            return
+        key = content_key(image, matte.values, matte.maxval, self.fg_method)
+        fg8 = self.cache.get(f"fg-{self.fg_method}", key)
+        if fg8 is None:
+            f = estimate_foreground(image, matte.alpha, self.fg_method)
+            fg8 = augment.to_uint8(f * 255.0)
+            self.cache.put(f"fg-{self.fg_method}", key, fg8)
+        self.fg8 = fg8
+
+    def denoised(self) -> tuple[np.ndarray, float]:
+        if self._denoised is None:
+            self._denoised = denoise_cached(self.fg8, self.cfg, self.cache)
+        return self._denoised
+
+
+def denoise_cached(img: np.ndarray, cfg: ComposeConfig, cache: ImageCache) -> tuple[np.ndarray, float]:
+    """BM3D of ``img`` at the given or estimated noise level, through the content cache."""
+    sigma = cfg.denoise_sigma if cfg.denoise_sigma is not None else estimate_noise_sigma(img)
+    sigma = round(float(sigma), 4)
+    kind = f"bm3d-{cfg.denoise_profile}"
+    key = content_key(img, sigma)
+    out = cache.get(kind, key)
+    if out is None:
+        out = bm3d_denoise(img, sigma, cfg.denoise_profile)
+        cache.put(kind, key, out)
+    return out, sigma
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def compose_unit(unit: Unit, cfg: ComposeConfig) -> list[dict[str, Any]]:
+    """Make the unit's composites and write their files; returns manifest records."""
+    cache = ImageCache(cfg.cache_root)
+    item = unit.item
+    try:
+        state = _ForegroundState(item, cfg, cache)
+    except (ImageReadError, ValueError, OSError) as exc:
+        return [_failure(getattr(exc, "path", str(item.image)), _reason(exc), "foreground", item.stem,
+                         slots=len(unit.slots))]
+    h, w = state.matte.shape
+    alpha = state.matte.alpha
+    probs = cfg.probabilities
+    records = []
+    for slot, bg_path in unit.slots:
+        cid = composite_id(item.stem, slot)
+        try:
+            records.append(_compose_one(state, cid, slot, bg_path, h, w, alpha, probs, cache))
+        except (ImageReadError, ValueError, OSError) as exc:
+            records.append(_failure(getattr(exc, "path", bg_path), _reason(exc), "composite", cid))
+    return records
+
+
+def _compose_one(state: _ForegroundState, cid: str, slot: int, bg_path: str, h: int, w: int,
+                 alpha: np.ndarray, probs: augment.RouteProbabilities, cache: ImageCache) -> dict[str, Any]:
+    cfg = state.cfg
+    rng = derive_rng(cfg.seed, "composite", state.item.stem, slot)
+    p = augment.draw_params(rng, probs)
+    ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
+
+    # Background: denoising works on the whole source image (so it is cached and shared);
+    # otherwise a JPEG may be decoded at a reduced scale that still covers the output.
+    if p.denoise_bg:
+        bg_src = read_image(bg_path)
+        bg_src, sigma = denoise_cached(bg_src, cfg, cache)
+        ops.append({"op": "bm3d", "target": "bg", "sigma": sigma, "profile": cfg.denoise_profile})
+    else:
+        bg_src = read_image(bg_path, min_size=_cover_request(bg_path, w, h))
+    bg, box, scaled = augment.fit_background(bg_src, h, w, p.crop_fx, p.crop_fy)
+    if p.denoise_fg:
+        fg, sigma = state.denoised()
+        ops.append({"op": "bm3d", "target": "fg", "sigma": sigma, "profile": cfg.denoise_profile})
+    else:
+        fg = state.fg8
+    if p.blur_kernel is not None:
+        bg = augment.box_blur(bg, p.blur_kernel)
+        ops.append({"op": "box_blur", "target": "bg", "kernel": p.blur_kernel})
+    comp = augment.blend(alpha, fg, bg)
+    ops.append({"op": "blend"})
+    if p.noise_seed is not None:
+        comp = augment.add_gaussian_noise(comp, cfg.noise_sigma, np.random.default_rng(p.noise_seed))
+        ops.append({"op": "gaussian_noise", "sigma": cfg.noise_sigma, "seed": p.noise_seed, "clip": [0, 255]})
+    image = augment.to_uint8(comp)
+
+    out = cfg.out_dir
+    ext = ".jpg" if cfg.image_format == "jpg" else ".png"
+    paths = {
+        "image": out / "image" / f"{cid}{ext}",
+        "alpha": out / "alpha" / f"{cid}.png",
+        "fg": out / "fg" / f"{cid}.png",
+        "bg": out / "bg" / f"{cid}.png",
+    }
+    write_image(paths["fg"], fg, png_level=cfg.png_level)
+    write_image(paths["bg"], bg, png_level=cfg.png_level)
+    write_matte(paths["alpha"], state.matte, png_level=cfg.png_level)
+    write_image(paths["image"], image, png_level=cfg.png_level, jpeg_quality=cfg.jpeg_quality)
+    return {
+        "key": f"composite:{cid}",
+        "type": "composite",
+        "id": cid,
+        "fg": {"stem": state.item.stem, "kind": state.item.kind, "image": str(state.item.image),
+               "matte": str(state.item.matte) if state.item.matte else None, "size": [w, h]},
+        "bg": {"path": bg_path, "slot": slot, "scaled_size": list(scaled), "crop": list(box)},
+        "ops": ops,
+        "outputs": {k: _rel(v, out) for k, v in paths.items()},
+    }
+
+
+def _cover_request(bg_path: str, w: int, h: int) -> tuple[int, int] | None:
+    """The smallest decode size of ``bg_path`` that still covers w x h after scaling."""
+    from PIL import Image
+
+    try:
+        with Image.open(bg_path) as im:
+            bw, bh = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                bw, bh = bh, bw
+    except Exception:
+        return None  # read_image reports the problem
+    return augment.cover_size(bw, bh, w, h)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, ImageReadError) else f"{exc.__class__.__name__}: {exc}"
+
+
+def _failure(path: str, reason: str, scope: str, id: str | None = None, slots: int = 1) -> dict[str, Any]:
+    """A failure record; ``scope`` is input (pairing), foreground (all its slots) or composite."""
+    return {"key": f"failure:{id or path}", "type": "failure", "scope": scope, "id": id,
+            "input": str(path), "reason": reason, "slots": slots if scope != "input" else 0}
+
+
+# ------------------------------------------------------------------ executor
+
+
+@contextmanager
+def _single_threaded_env() -> Iterator[None]:
+    """Spawned workers inherit one BLAS/OpenMP thread each: all cores busy, bytes stable."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    old = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: "1" for n in names})
+    try:
+        yield
+    finally:
+        for n, v in old.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Schedule the units on ``cfg.workers`` processes; ``on_done`` gets each unit's records."""
+    ctx = mp.get_context("spawn")
+    with _single_threaded_env(), cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(compose_unit, u, cfg): u for u in units}
+        for fut in cf.as_completed(futures):
+            unit = futures[fut]
+            try:
+                records = fut.result()
+            except Exception as exc:  # a crashed worker fails its unit, not the run
+                records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
+                                    "foreground", unit.item.stem, slots=len(unit.slots))]
+            on_done(records)
+
+
+# ------------------------------------------------------------------ stage 3: record
+
+
+def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
+    """Plan, execute and record a compose run; returns its summary (also written to summary.json)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cfg.out_dir)
+    manifest = Manifest(cfg.out_dir / "manifest.jsonl")
+    units, input_failures, summary = plan(cfg, manifest)
+    for f in input_failures:
+        _record_failure(manifest, summary, _failure(f.path, f.reason, "input"))
+
+    bar = tqdm(total=sum(len(u.slots) for u in units), unit="composite", disable=not progress, dynamic_ncols=True)
+
+    def on_done(records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            if rec["type"] == "composite":
+                manifest.append(rec)
+                manifest.discard(f"failure:{rec['id']}")
+                manifest.discard(f"failure:{rec['fg']['stem']}")
+                summary.made += 1
+                bar.update(1)
+            else:
+                _record_failure(manifest, summary, rec)
+                bar.update(rec["slots"])
+
+    try:
+        run_units(units, cfg, on_done)
+    finally:
+        bar.close()
+    manifest.compact()
+    summary.seconds = time.perf_counter() - t0
+    _write_summary(cfg, summary)
+    return summary
+
+
+def _record_failure(manifest: Manifest, summary: Summary, rec: dict[str, Any]) -> None:
+    manifest.append(rec)
+    summary.failures.append({"input": rec["input"], "reason": rec["reason"]})
+    if rec["scope"] == "composite":
+        summary.failed_composites += 1
+    else:
+        summary.failed_inputs += 1
+        summary.failed_composites += rec["slots"]
+
+
+def _write_summary(cfg: ComposeConfig, summary: Summary) -> None:
+    import json
+
+    from .imageio import atomic_write_bytes
+
+    doc = {"command": "rssn compose", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+           "summary": summary.as_dict()}
+    atomic_write_bytes(cfg.out_dir / "summary.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())

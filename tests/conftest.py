@@ -1,0 +1,36 @@
+"""Shared fixtures: the real data beside the checkout, and small synthetic inputs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLES = REPO / "samples"
+
+
+def shared(sub: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    p = SHARED / sub
+    if not p.is_dir():
+        pytest.skip(f"real test data {p} is absent (it lives in ../shared/data beside the checkout)")
+    return p
+
+
+def run_cli(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """Run one of our console commands in a subprocess (the way users run it)."""
+    exe = Path(sys.executable).parent / args[0]
+    proc = subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,44 @@
+"""Small synthetic data sets for tests (generated, never stored)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .conftest import SAMPLES
+
+
+def _samples_module():
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_tiny_set(root: Path, n_fg: int = 3, n_bg: int = 3, fg_hw=(72, 96), bg_hw=(90, 120), seed: int = 0) -> tuple[Path, Path]:
+    """root/fg/{image,alpha} and root/bg with small synthetic photos, mattes and backgrounds."""
+    ms = _samples_module()
+    rng = np.random.default_rng(seed)
+    (root / "fg" / "image").mkdir(parents=True)
+    (root / "fg" / "alpha").mkdir(parents=True)
+    (root / "bg").mkdir(parents=True)
+    for i in range(n_fg):
+        photo, alpha = ms.make_foreground(rng, *fg_hw)
+        cv2.imwrite(str(root / "fg" / "image" / f"f{i:02d}.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "fg" / "alpha" / f"f{i:02d}.png"), alpha)
+    for i in range(n_bg):
+        cv2.imwrite(str(root / "bg" / f"b{i:02d}.jpg"), ms.make_background(rng, *bg_hw))
+    return root / "fg", root / "bg"
+
+
+def tree_digest(root: Path, exclude=("summary.json",), skip_dirs=("cache",)) -> dict[str, str]:
+    """sha256 of every file below root, by relative path."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and rel.parts[0] not in skip_dirs and p.name not in exclude:
+            out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
