@@ -1,0 +1,189 @@
+"""`gfm eval`: pair predictions with ground truth (and trimaps) by stem and score them.
+
+Stages: pair (by file stem) -> score one image (read, normalise, metrics) -> report (CSV,
+JSON, terminal table, optional error maps). A bad pair is recorded with its reason and the
+rest is still scored.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from rssn.imageio import ImageReadError, Matte, atomic_write_bytes, is_image_file, read_matte, write_image
+
+from .metrics import METRIC_COLUMNS, evaluate_dim, evaluate_gfm
+
+PROTOCOL_COLUMNS = {
+    "dim": ("sad", "mse", "mad", "grad", "conn"),
+    "gfm": METRIC_COLUMNS,
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    pred_dir: Path
+    gt_dir: Path
+    trimap_dir: Path | None = None
+    protocol: str = "dim"
+    trimap_kernel: int = 25
+    error_maps: Path | None = None
+
+
+@dataclass
+class EvalResult:
+    protocol: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return PROTOCOL_COLUMNS[self.protocol]
+
+    def means(self) -> dict[str, float]:
+        if not self.rows:
+            return {}
+        return {c: float(np.mean([r[c] for r in self.rows])) for c in self.columns}
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and is_image_file(p.name):
+            out.setdefault(p.stem, p)
+    return out
+
+
+def normalise_trimap(values: np.ndarray, path: str | Path) -> np.ndarray:
+    """Map a trimap to exactly 0 / 128 / 255; values near 128 (lossy saving) count as unknown."""
+    t = values if values.dtype == np.uint8 else np.rint(values / 257.0).astype(np.uint8)
+    out = np.full(t.shape, 128, np.uint8)
+    out[t <= 16] = 0
+    out[t >= 239] = 255
+    bad = (t > 16) & (t < 96) | (t > 160) & (t < 239)
+    if bad.any():
+        vals = np.unique(t[bad])[:8].tolist()
+        raise ImageReadError(path, f"trimap values must be 0, 128 or 255; found {vals} in {int(bad.sum())} pixels")
+    return out
+
+
+def trimap_from_alpha(gt8: np.ndarray, kernel: int = 25) -> np.ndarray:
+    """Trimap by erosion of the opaque part and dilation of the non-zero part (square kernel)."""
+    k = np.ones((kernel, kernel), np.uint8)
+    fg = cv2.erode((gt8 == 255).astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    nonzero = cv2.dilate((gt8 > 0).astype(np.uint8), k)
+    t = np.full(gt8.shape, 128, np.uint8)
+    t[fg == 1] = 255
+    t[nonzero == 0] = 0
+    return t
+
+
+def _to8(m: Matte) -> np.ndarray:
+    return m.values if m.maxval == 255 else np.rint(m.values.astype(np.float64) / 257.0).astype(np.uint8)
+
+
+def score_one(pred_path: Path, gt_path: Path, trimap_path: Path | None, cfg: EvalConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """The metrics of one image and its absolute-error map (float 0..1)."""
+    pred, gt = read_matte(pred_path), read_matte(gt_path)
+    if pred.shape != gt.shape:
+        raise ImageReadError(pred_path, f"prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth "
+                                        f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}")
+    if trimap_path is not None:
+        trimap = normalise_trimap(read_matte(trimap_path).values, trimap_path)
+        if trimap.shape != gt.shape:
+            raise ImageReadError(trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]}, ground truth is "
+                                              f"{gt.shape[1]}x{gt.shape[0]}")
+    else:
+        trimap = trimap_from_alpha(_to8(gt), cfg.trimap_kernel)
+    if cfg.protocol == "dim":
+        p8, g8 = _to8(pred), _to8(gt)
+        metrics = evaluate_dim(p8, g8, trimap)
+        err = np.abs(p8.astype(np.float32) - g8) / 255.0
+    else:
+        p, g = pred.values / float(pred.maxval), gt.values / float(gt.maxval)
+        metrics = evaluate_gfm(p, g, trimap)
+        err = np.abs(p - g).astype(np.float32)
+    return metrics, err
+
+
+def error_map_image(err: np.ndarray) -> np.ndarray:
+    """A colour map of the absolute error (dark: none, bright: large), RGB uint8."""
+    scaled = np.clip(np.sqrt(err) * 255.0, 0, 255).astype(np.uint8)  # sqrt shows small errors too
+    bgr = cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    preds, gts = _by_stem(cfg.pred_dir), _by_stem(cfg.gt_dir)
+    trimaps = _by_stem(cfg.trimap_dir) if cfg.trimap_dir is not None else {}
+    result = EvalResult(cfg.protocol)
+    for stem in sorted(set(gts) - set(preds)):
+        result.failures.append({"name": stem, "file": str(gts[stem]), "reason": "no prediction with this stem"})
+    for stem in tqdm(sorted(preds), unit="image", disable=not progress, dynamic_ncols=True):
+        pred_path = preds[stem]
+        if stem not in gts:
+            result.failures.append({"name": stem, "file": str(pred_path), "reason": f"no ground truth with stem {stem!r} in {cfg.gt_dir}"})
+            continue
+        trimap_path = None
+        if cfg.trimap_dir is not None:
+            if stem not in trimaps:
+                result.failures.append({"name": stem, "file": str(pred_path), "reason": f"no trimap with stem {stem!r} in {cfg.trimap_dir}"})
+                continue
+            trimap_path = trimaps[stem]
+        try:
+            metrics, err = score_one(pred_path, gts[stem], trimap_path, cfg)
+        except (ImageReadError, ValueError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, ImageReadError) else str(exc)
+            result.failures.append({"name": stem, "file": getattr(exc, "path", str(pred_path)), "reason": reason})
+            continue
+        result.rows.append({"name": pred_path.name, **metrics})
+        if cfg.error_maps is not None:
+            write_image(cfg.error_maps / f"{stem}.png", error_map_image(err))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.8f}"
+
+
+def write_csv(result: EvalResult, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["name", *METRIC_COLUMNS])
+    for r in result.rows:
+        w.writerow([r["name"], *[_fmt(r.get(c)) for c in METRIC_COLUMNS]])
+    means = result.means()
+    w.writerow(["mean", *[_fmt(means.get(c)) for c in METRIC_COLUMNS]])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_json(result: EvalResult, path: Path) -> None:
+    doc = {"protocol": result.protocol, "means": result.means(), "count": len(result.rows),
+           "failed": len(result.failures), "failures": result.failures, "seconds": round(result.seconds, 3),
+           "images": result.rows}
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def summary_table(result: EvalResult) -> str:
+    cols = result.columns
+    lines = [f"protocol {result.protocol}: {len(result.rows)} images scored, {len(result.failures)} failed, "
+             f"{result.seconds:.2f} s", "  " + "  ".join(f"{c:>10}" for c in cols)]
+    means = result.means()
+    if means:
+        lines.append("  " + "  ".join(f"{means[c]:>10.5f}" for c in cols))
+    for f in result.failures:
+        lines.append(f"  failed: {f['file']}: {f['reason']}")
+    return "\n".join(lines)
