@@ -152,7 +152,86 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gfm-toolkit")
 def bg20k() -> None:
-    """Build a BG-20k-style background set (not yet implemented; see issue 3)."""
+    """Build a BG-20k-style background set: high resolution, no duplicates, no salient objects."""
+
+
+@bg20k.command("build")
+@click.option("--src", "src_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder of images (recursively); repeatable.")
+@click.option("--urls", "url_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of http(s) URLs: one per line, a CSV with a url column, or JSON lines; repeatable.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--min-short-side", default=1080, show_default=True, type=click.IntRange(min=1))
+@click.option("--target-short-side", default=1080, show_default=True, type=click.IntRange(min=1))
+@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality of the outputs.")
+@click.option("--hash", "hash_name", type=click.Choice(["phash", "dhash", "whash", "ahash"]), default="phash", show_default=True)
+@click.option("--dedup-distance", default=6, show_default=True, type=click.IntRange(0, 32),
+              help="Hamming distance (of 64 bits) at or under which two images are near duplicates.")
+@click.option("--no-screen", is_flag=True, help="Skip the YOLO salient-object screening.")
+@click.option("--detector", default="yolov8n.pt", show_default=True,
+              help="ultralytics weights by name (fetched when online), a local .pt path, or a model yaml.")
+@click.option("--classes", default=None, help="Comma-separated class names that reject an image [default: all].")
+@click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--min-box-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="A detection rejects only when its box covers at least this fraction of the image.")
+@click.option("--detect-batch", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--val-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
+              help="Share that goes to testval/ (the paper's 15k/5k), by a stable hash of the content.")
+@click.option("--decisions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of image id and keep/reject written after review; overrides the automatic verdicts.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode/resize processes  [default: all cores]")
+@click.option("--download-workers", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds allowed for one download attempt, slow senders included.")
+@click.option("--max-bytes", default=50_000_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-redirects", default=5, show_default=True, type=click.IntRange(min=0))
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--quiet", is_flag=True)
+def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, workers, quiet, **opts) -> None:
+    """Build OUT/train and OUT/testval from folders and/or URL lists.
+
+    \b
+    Stages, each recorded per image in OUT/manifest.jsonl:
+      1. decode (EXIF orientation; pixel limit against decompression bombs)
+      2. keep shorter side >= 1080, resize to 1080 on the shorter side, JPEG q95
+      3. near-duplicate removal by perceptual hash (the largest original is kept)
+      4. YOLO screening: reject a listed class with conf >= --conf covering >= --min-box-fraction
+      5. train / testval split by a stable hash of the content
+    Also OUT/stats.json and OUT/review.html (a contact sheet for the manual check).
+    Running again with more sources only processes what is new; a killed run resumes.
+
+    \b
+    Examples:
+      bg20k build --src ~/photos --out bg --detector ~/weights/yolov8n.pt
+      bg20k build --urls crawl.txt --urls more.csv --out bg --classes person,bird,car
+      bg20k build --src ~/photos --out bg --decisions reviewed.csv   # after checking review.html
+    """
+    from bg20k.build import BuildConfig, run_build
+    from bg20k.screen import DetectorError
+
+    if not src_dirs and not url_files:
+        _fail_usage("give at least one --src folder or --urls file")
+    check_output_folder(out_dir, {f"--src {d}": d for d in src_dirs})
+    cfg = BuildConfig(out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
+                      screen=not no_screen, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
+                      workers=workers or os.cpu_count() or 1, **opts)
+    try:
+        stats = run_build(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    except DetectorError as exc:
+        _fail_usage(str(exc))
+    except ValueError as exc:
+        _fail_usage(str(exc))
+    c = stats.counts
+    click.echo(_summary_table([
+        ("sources", c["sources"]), ("candidates", c["candidates"]), ("kept", c["kept"]),
+        ("train / testval", f"{c['train']} / {c['testval']}"),
+        ("near duplicates", c["rejected_near_duplicate"]), ("salient objects", c["rejected_salient_object"]),
+        ("too small", c["rejected_resolution"]), ("failed", c["failed_decode"] + c["failed_download"]),
+        ("seconds", f"{stats.seconds['total']:.1f}"), ("review", out_dir / "review.html"),
+    ]), err=True)
+    if c["kept"] == 0:
+        click.echo("Error: no image was kept", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
 
 
 # ====================================================================== gfm
@@ -162,6 +241,105 @@ def bg20k() -> None:
 @click.version_option(package_name="gfm-toolkit")
 def gfm() -> None:
     """Glance and Focus Matting: train, predict and evaluate."""
+
+
+@gfm.command("train")
+@click.option("--data", "data", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Photos with mattes (original|image + mask|alpha) or `rssn compose` output; repeatable.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder: last.pt, losses.csv, loss_curves.png, history.json.")
+@click.option("--backbone", type=click.Choice(["r34", "r34_2b"]), default="r34", show_default=True)
+@click.option("--rosta", type=click.Choice(["tt", "ft", "bt"]), default="tt", show_default=True,
+              help="Representation of semantic and transition area: trimap, foreground or background mask.")
+@click.option("--pretrained", default="imagenet", show_default=True,
+              help="Encoder weights: imagenet (torchvision's; cached or downloaded), none, or a local .pth path.")
+@click.option("--crop", default=320, show_default=True, type=click.IntRange(min=32), help="Training size after the random 640/960/1280 crop.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Data-loader worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation photos with mattes: SAD and MSE every epoch.")
+@click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap the steps of each epoch.")
+@click.option("--resume", default=None, help="A checkpoint to continue from, or 'auto' for OUT/last.pt when present.")
+@click.option("--quiet", is_flag=True)
+def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, lr, seed, workers, device, no_amp,
+              val, max_steps_per_epoch, resume, quiet) -> None:
+    """Train a GFM on photos with mattes or on `rssn compose` output.
+
+    \b
+    Loss: cross-entropy on the glance logits + focus alpha and Laplacian losses in the
+    transition area + alpha, Laplacian and composition losses on the collaborative matte.
+    A checkpoint (OUT/last.pt) is written atomically after every epoch; --resume auto
+    continues exactly where an interrupted run stopped.
+
+    \b
+    Examples:
+      gfm train --data comp --data AM-2k/train --out runs/tt --epochs 100
+      gfm train --data comp --out runs/bt --rosta bt --pretrained ~/resnet34.pth
+      gfm train --data comp --out runs/tt --resume auto     # after an interruption
+    """
+    from gfm.model import PretrainedWeightsError
+    from gfm.train import TrainConfig, run_train
+
+    if not data:
+        _fail_usage("give at least one --data folder")
+    for d in data:
+        check_output_folder(Path(out), {"--data": Path(d)})
+    cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, pretrained=pretrained, crop=crop,
+                      batch_size=batch_size, epochs=epochs, lr=lr, seed=seed, workers=workers, device=device,
+                      amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume)
+    if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
+        _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
+    try:
+        state = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    except PretrainedWeightsError as exc:
+        _fail_usage(str(exc))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
+    click.echo(f"trained {state.epoch} epochs, {state.step} steps; checkpoint {Path(out) / 'last.pt'}", err=True)
+
+
+@gfm.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=Path), help="An image or a folder of images.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--glance-scale", default=1 / 3, show_default="1/3", type=click.FloatRange(0, 4, min_open=True))
+@click.option("--focus-scale", default=1 / 2, show_default="1/2", type=click.FloatRange(0, 4, min_open=True))
+@click.option("--scale", default=None, type=click.FloatRange(0, 4, min_open=True), help="One pass at this scale instead (the paper's 0.385).")
+@click.option("--max-side", default=None, type=click.IntRange(min=32), help="Cap the longer side of the network input.")
+@click.option("--rgba", is_flag=True, help="Also write RGBA cut-outs to OUT/rgba/.")
+@click.option("--backbone", type=click.Choice(["r34", "r34_2b"]), default=None, help="Check the checkpoint has this backbone.")
+@click.option("--rosta", type=click.Choice(["tt", "ft", "bt"]), default=None, help="Check the checkpoint has this RoSTa.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def gfm_predict(checkpoint, input_path, out_dir, glance_scale, focus_scale, scale, max_side, rgba, backbone, rosta,
+                device, quiet) -> None:
+    """Predict alpha mattes (8-bit PNG at the input size) with a trained GFM.
+
+    \b
+    Examples:
+      gfm predict --checkpoint runs/tt/last.pt --input photos/ --out mattes/
+      gfm predict --checkpoint runs/tt/last.pt --input me.jpg --out cut/ --rgba --scale 0.385
+    """
+    from gfm.predict import collect_inputs, load_model, run_predict
+    from gfm.train import pick_device
+
+    check_output_folder(out_dir, {"--input": input_path if input_path.is_dir() else input_path.parent})
+    try:
+        dev = pick_device(device)
+        model = load_model(checkpoint, dev, backbone, rosta)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail_usage(str(exc))
+    res = run_predict(model, collect_inputs(input_path), out_dir, dev, rgba=rgba, progress=not quiet,
+                      glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side)
+    click.echo(f"{len(res.written)} mattes written to {out_dir}, {len(res.failures)} failed, {res.seconds:.1f} s", err=True)
+    for f in res.failures:
+        click.echo(f"  failed: {f['file']}: {f['reason']}", err=True)
+    if not res.written:
+        sys.exit(EXIT_NOTHING_MADE)
 
 
 @gfm.command("eval")

@@ -1,0 +1,404 @@
+"""`bg20k build`: a BG-20k-style background set, as a pipeline of narrow stages.
+
+fetch (threads: URLs -> OUT/.downloads)  ->  prepare (processes: decode, resolution filter,
+resize, JPEG, perceptual hash -> OUT/.stage/<id>.jpg)  ->  dedup (all hashes at once)  ->
+screen (batched YOLO, detections cached in the manifest)  ->  decide (rule + decisions file)
+->  place (OUT/train, OUT/testval)  ->  report (stats.json, review.html).
+
+An image's id is a hash of its source bytes, so names never come from a URL, an image keeps
+its split when the set grows, and a re-run skips every source the manifest already holds.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rssn.imageio import (
+    DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, encode_image, list_images, read_image,
+    remove_stale_temporaries,
+)
+from rssn.manifest import Manifest
+
+from .dedup import duplicate_groups, hash_to_int
+from .download import fetch, read_url_list
+from .screen import Detection, Detector, rejecting_detection
+
+HASHES = ("phash", "dhash", "whash", "ahash")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out_dir: Path
+    src_dirs: tuple[Path, ...] = ()
+    url_files: tuple[Path, ...] = ()
+    min_short_side: int = 1080
+    target_short_side: int = 1080
+    quality: int = 95
+    hash: str = "phash"
+    dedup_distance: int = 6
+    screen: bool = True
+    detector: str = "yolov8n.pt"
+    classes: tuple[str, ...] | None = None
+    conf: float = 0.25
+    min_box_fraction: float = 0.05
+    detect_batch: int = 8
+    imgsz: int = 640
+    val_fraction: float = 0.25
+    decisions: Path | None = None
+    workers: int = 1
+    download_workers: int = 16
+    timeout: float = 30.0
+    max_bytes: int = 50_000_000
+    max_redirects: int = 5
+    retries: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class Stats:
+    counts: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ prepare (one source)
+
+
+def content_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
+    """Decode, filter by resolution, resize, write the staged JPEG and hash it."""
+    import imagehash
+    from PIL import Image
+
+    from rssn.imageio import _exif_swaps_axes, _open
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return {"status": "failed", "stage": "decode", "reason": f"unreadable: {exc.strerror or exc}"}
+    if not data:
+        return {"status": "failed", "stage": "decode", "reason": "empty file (0 bytes)"}
+    iid = content_id(data)
+    try:
+        im = _open(path, cfg.max_pixels)
+        w, h = im.size
+        if _exif_swaps_axes(im):
+            w, h = h, w
+        animated = bool(getattr(im, "is_animated", False))
+        im.close()
+        if min(w, h) < cfg.min_short_side:
+            return {"status": "rejected", "stage": "resolution", "id": iid, "orig_size": [w, h],
+                    "reason": f"too small: {w}x{h}, shorter side under {cfg.min_short_side}"}
+        s = cfg.target_short_side / min(w, h)
+        tw, th = max(1, round(w * s)), max(1, round(h * s))
+        img = read_image(path, min_size=(tw, th), max_pixels=cfg.max_pixels)
+    except ImageReadError as exc:
+        return {"status": "failed", "stage": "decode", "reason": exc.reason, "id": iid}
+    import cv2
+
+    if img.shape[:2] != (th, tw):
+        img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
+    atomic_write_bytes(cfg.out_dir / ".stage" / f"{iid}.jpg", encode_image(img, ".jpg", jpeg_quality=cfg.quality))
+    hasher = getattr(imagehash, cfg.hash)
+    phash = hash_to_int(hasher(Image.fromarray(img)))
+    return {"status": "candidate", "id": iid, "orig_size": [w, h], "size": [tw, th], "hash": f"{phash:016x}",
+            "animated": animated}
+
+
+def _prepare_worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    warnings.simplefilter("ignore")
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _source_list(cfg: BuildConfig) -> tuple[list[tuple[str, str | None]], list[dict[str, Any]]]:
+    """(source, local path or None for URLs) for every source, and per-source problems."""
+    out: list[tuple[str, str | None]] = []
+    problems: list[dict[str, Any]] = []
+    for d in cfg.src_dirs:
+        out.extend((str(p), str(p)) for p in list_images(d))
+    for f in cfg.url_files:
+        for url in read_url_list(f):
+            out.append((url, None))
+    seen: set[str] = set()
+    uniq = []
+    for s, p in out:
+        if s not in seen:
+            seen.add(s)
+            uniq.append((s, p))
+    return uniq, problems
+
+
+def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
+    from tqdm import tqdm
+
+    t_all = time.perf_counter()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for d in (".stage", ".downloads", "train", "testval"):
+        (out / d).mkdir(exist_ok=True)
+    remove_stale_temporaries(out)
+    manifest = Manifest(out / "manifest.jsonl")
+    stats = Stats()
+    sources, _ = _source_list(cfg)
+
+    # -- fetch: URLs not yet prepared
+    t = time.perf_counter()
+    todo_urls = [s for s, p in sources if p is None and not _done(manifest, s, out)]
+    fetched_paths: dict[str, str] = {}
+    if todo_urls:
+        with cf.ThreadPoolExecutor(cfg.download_workers) as pool:
+            futs = {pool.submit(fetch, u, timeout=cfg.timeout, max_bytes=cfg.max_bytes,
+                                max_redirects=cfg.max_redirects, retries=cfg.retries): u for u in todo_urls}
+            for fut in tqdm(cf.as_completed(futs), total=len(futs), desc="download", unit="url",
+                            disable=not progress, dynamic_ncols=True):
+                r = fut.result()
+                if r.ok and r.data:
+                    p = out / ".downloads" / hashlib.sha256(r.url.encode()).hexdigest()[:24]
+                    atomic_write_bytes(p, r.data)
+                    fetched_paths[r.url] = str(p)
+                    manifest.append({"key": f"download:{r.url}", "type": "download", **r.record()})
+                else:
+                    manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "failed",
+                                     "stage": "download", "reason": r.error or "empty body", "download": r.record()})
+    stats.seconds["download"] = time.perf_counter() - t
+    stats.items["download"] = len(todo_urls)
+
+    # -- prepare: every source not yet in the manifest
+    t = time.perf_counter()
+    jobs = []
+    for s, p in sources:
+        if _done(manifest, s, out):
+            continue
+        path = p if p is not None else fetched_paths.get(s)
+        if path is not None:
+            jobs.append((s, path))
+    if jobs:
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_prepare_worker_init) as pool:
+            futs = {pool.submit(prepare_source, s, p, cfg): (s, p) for s, p in jobs}
+            for fut in tqdm(cf.as_completed(futs), total=len(futs), desc="prepare", unit="image",
+                            disable=not progress, dynamic_ncols=True):
+                s, p = futs[fut]
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # a crashed worker fails this source, not the run
+                    rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
+                manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec})
+                if s in fetched_paths:
+                    try:
+                        os.unlink(fetched_paths[s])
+                    except OSError:
+                        pass
+    stats.seconds["prepare"] = time.perf_counter() - t
+    stats.items["prepare"] = len(jobs)
+
+    # -- dedup over every candidate (new and old)
+    t = time.perf_counter()
+    current = {s for s, _ in sources}
+    cands: dict[str, dict[str, Any]] = {}
+    exact_dups: dict[str, str] = {}
+    for rec in manifest:
+        if rec["type"] != "source" or rec["source"] not in current or rec.get("status") != "candidate":
+            continue
+        iid = rec["id"]
+        if iid in cands:
+            first = min(cands[iid]["source"], rec["source"])
+            exact_dups[max(cands[iid]["source"], rec["source"])] = iid
+            if rec["source"] == first:
+                cands[iid] = rec
+        else:
+            cands[iid] = rec
+    ids = sorted(cands)
+    dup_of: dict[str, str] = {}
+    if ids:
+        hashes = np.array([int(cands[i]["hash"], 16) for i in ids], dtype=np.uint64)
+        groups = duplicate_groups(hashes, cfg.dedup_distance)
+        by_group: dict[int, list[str]] = {}
+        for i, g in zip(ids, groups):
+            by_group.setdefault(int(g), []).append(i)
+        for members in by_group.values():
+            if len(members) < 2:
+                continue
+            keep = max(members, key=lambda i: (cands[i]["orig_size"][0] * cands[i]["orig_size"][1], _neg(i)))
+            for m in members:
+                if m != keep:
+                    dup_of[m] = keep
+    stats.seconds["dedup"] = time.perf_counter() - t
+    stats.items["dedup"] = len(ids)
+
+    # -- screen the unique candidates not yet screened by this detector
+    t = time.perf_counter()
+    unique = [i for i in ids if i not in dup_of]
+    det_key = f"{cfg.detector}|{cfg.imgsz}"
+    floor = min(cfg.conf, 0.05)
+    to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
+    if to_screen:
+        detector = Detector(cfg.detector, cfg.imgsz)
+        bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
+        for k in range(0, len(to_screen), cfg.detect_batch):
+            batch = to_screen[k : k + cfg.detect_batch]
+            images = [read_image(out / ".stage" / f"{i}.jpg") for i in batch]
+            for i, dets in zip(batch, detector.detect(images, floor)):
+                manifest.append({"key": f"detect:{i}", "type": "detections", "id": i, "detector": det_key,
+                                 "min_conf": floor, "detections": [d.as_list() for d in dets]})
+            bar.update(len(batch))
+        bar.close()
+    stats.seconds["screen"] = time.perf_counter() - t
+    stats.items["screen"] = len(to_screen)
+
+    # -- decide
+    decisions = read_decisions(cfg.decisions) if cfg.decisions else {}
+    classes = set(cfg.classes) if cfg.classes else None
+    verdicts: dict[str, dict[str, Any]] = {}
+    for i in ids:
+        rec = cands[i]
+        v: dict[str, Any] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"]}
+        dets = []
+        drec = manifest.get(f"detect:{i}")
+        if drec is not None and drec["detector"] == det_key:
+            dets = [Detection.from_list(d) for d in drec["detections"]]
+        v["detections"] = [d.as_list() for d in dets]
+        if i in dup_of:
+            v.update(verdict="rejected", reason=f"near duplicate of {dup_of[i]}", duplicate_of=dup_of[i])
+        elif cfg.screen:
+            hit = rejecting_detection(dets, classes, cfg.conf, cfg.min_box_fraction)
+            if hit is not None:
+                v.update(verdict="rejected", reason=f"salient object: {hit.name} {hit.conf:.2f} covering "
+                                                     f"{hit.area_fraction * 100:.0f}% of the image")
+            else:
+                v.update(verdict="kept", reason="no salient object")
+        else:
+            v.update(verdict="kept", reason="not screened")
+        if i in decisions:
+            v["automatic"] = v["verdict"]
+            v["verdict"] = "kept" if decisions[i] == "keep" else "rejected"
+            v["reason"] = f"manual decision: {decisions[i]} (automatic: {v['automatic']}, {v['reason']})"
+        v["split"] = split_of(i, cfg.val_fraction)
+        verdicts[i] = v
+
+    # -- place
+    kept = {i for i, v in verdicts.items() if v["verdict"] == "kept"}
+    for split in ("train", "testval"):
+        for p in (out / split).glob("*.jpg"):
+            if p.stem not in kept or verdicts[p.stem]["split"] != split:
+                p.unlink()
+    for i in sorted(kept):
+        dst = out / verdicts[i]["split"] / f"{i}.jpg"
+        if not dst.exists():
+            _link_or_copy(out / ".stage" / f"{i}.jpg", dst)
+
+    # -- report
+    for rec in manifest:
+        if rec["type"] == "source" and rec["source"] in current:
+            if rec["status"] in ("failed", "rejected"):
+                stats.counts[f"{rec['status']}_{rec.get('stage', 'decode')}"] += 1
+                stats.reasons[_reason_class(rec["reason"])] += 1
+    stats.counts["exact_duplicate_sources"] = len(exact_dups)
+    for v in verdicts.values():
+        if v["verdict"] == "rejected":
+            key = "near_duplicate" if "duplicate_of" in v and "automatic" not in v else (
+                "manual" if "automatic" in v else "salient_object")
+            stats.counts[f"rejected_{key}"] += 1
+    stats.counts["sources"] = len(sources)
+    stats.counts["candidates"] = len(ids)
+    stats.counts["kept"] = len(kept)
+    stats.counts["train"] = sum(1 for i in kept if verdicts[i]["split"] == "train")
+    stats.counts["testval"] = len(kept) - stats.counts["train"]
+    stats.seconds["total"] = time.perf_counter() - t_all
+    atomic_write_bytes(out / "verdicts.json", (json.dumps([verdicts[i] for i in ids], indent=1) + "\n").encode())
+    write_stats(out / "stats.json", stats, cfg)
+    from .review import write_review
+
+    failed = [r for r in manifest if r["type"] == "source" and r["source"] in current and r["status"] != "candidate"]
+    write_review(out, [verdicts[i] for i in ids], failed)
+    manifest.compact()
+    return stats
+
+
+def _neg(i: str) -> tuple:
+    """Tie-break on the id: the smallest id wins (max over negated characters)."""
+    return tuple(-ord(c) for c in i)
+
+
+def _done(manifest: Manifest, source: str, out: Path) -> bool:
+    """A source whose processing finished (a candidate needs its staged file)."""
+    rec = manifest.get(f"source:{source}")
+    if rec is None:
+        return False
+    if rec["status"] == "candidate":
+        return (out / ".stage" / f"{rec['id']}.jpg").exists()
+    return rec.get("stage") != "download"  # download failures are tried again on the next run
+
+
+def _screened(manifest: Manifest, iid: str, det_key: str, floor: float) -> bool:
+    rec = manifest.get(f"detect:{iid}")
+    return rec is not None and rec["detector"] == det_key and rec["min_conf"] <= floor
+
+
+def split_of(iid: str, val_fraction: float) -> str:
+    """A stable split from the content id."""
+    return "testval" if int(iid[:8], 16) / 2**32 < val_fraction else "train"
+
+
+def read_decisions(path: Path) -> dict[str, str]:
+    """A CSV of image id and keep/reject (header optional)."""
+    out: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            if len(row) < 2 or row[0].strip().lower() in ("id", "image", "image_id"):
+                continue
+            iid, d = Path(row[0].strip()).stem, row[1].strip().lower()
+            if d not in ("keep", "reject"):
+                raise ValueError(f"{path}: decision for {iid!r} must be keep or reject, not {d!r}")
+            out[iid] = d
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _reason_class(reason: str) -> str:
+    r = reason.lower()
+    for key in ("too small", "pixel limit", "empty file", "not a readable image", "cannot decode", "http ",
+                "cannot connect", "redirect", "over the limit", "slow", "no response", "only http", "connection broke"):
+        if key in r:
+            return key.strip()
+    return "other"
+
+
+def write_stats(path: Path, stats: Stats, cfg: BuildConfig) -> None:
+    per_second = {k: round(stats.items.get(k, 0) / s, 3) if s > 0 and stats.items.get(k) else None
+                  for k, s in stats.seconds.items() if k != "total"}
+    doc = {"counts": dict(sorted(stats.counts.items())), "reasons": dict(sorted(stats.reasons.items())),
+           "seconds": {k: round(v, 3) for k, v in stats.seconds.items()}, "images_per_second": per_second,
+           "config": {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if isinstance(v, tuple) else v)
+                      for k, v in asdict(cfg).items()}}
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())

@@ -1,0 +1,176 @@
+"""Training data for GFM: photos with mattes (ORI-Track) or `rssn compose` output (COMP-Track).
+
+Every random choice of a sample (crop size and place, flip) comes from a generator derived
+from (seed, epoch, index), so an epoch is the same whatever the number of loader workers and
+a resumed run sees exactly the data the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rssn.imageio import ImageReadError, is_image_file, read_image, read_matte
+from rssn.layout import LayoutError, find_foregrounds
+from rssn.seeding import derive_rng
+
+from .losses import glance_targets
+
+CROP_SIZES = (640, 960, 1280)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    alpha: Path
+    fg: Path | None = None
+    bg: Path | None = None
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_image_file(p.name)}
+
+
+def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """The samples of one data folder and the (file, reason) pairs that could not be paired.
+
+    A folder with image/ alpha/ fg/ bg/ is `rssn compose` output (the composition loss uses
+    fg and bg); otherwise it is photos with mattes (original|image + mask|alpha).
+    """
+    root = Path(folder)
+    if all((root / d).is_dir() for d in ("image", "alpha", "fg", "bg")):
+        parts = {d: _by_stem(root / d) for d in ("image", "alpha", "fg", "bg")}
+        samples, failures = [], []
+        for stem, img in parts["image"].items():
+            missing = [d for d in ("alpha", "fg", "bg") if stem not in parts[d]]
+            if missing:
+                failures.append((str(img), f"no {'/'.join(missing)} file with stem {stem!r}"))
+                continue
+            samples.append(Sample(stem, img, parts["alpha"][stem], parts["fg"][stem], parts["bg"][stem]))
+        return samples, failures
+    try:
+        items, fails = find_foregrounds(root, "photo")
+    except LayoutError as exc:
+        raise LayoutError(f"{exc}; or give `rssn compose` output (image/ alpha/ fg/ bg/)") from None
+    return [Sample(i.stem, i.image, i.matte) for i in items], [(f.path, f.reason) for f in fails]
+
+
+def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Keep the samples whose files open and agree in size (headers only: cheap)."""
+    from PIL import Image
+
+    good, bad = [], []
+    for s in samples:
+        try:
+            sizes = {}
+            for kind in ("image", "alpha", "fg", "bg"):
+                p = getattr(s, kind)
+                if p is None:
+                    continue
+                try:
+                    with Image.open(p) as im:
+                        sizes[kind] = im.size
+                except Exception as exc:
+                    raise ImageReadError(p, f"not a readable image ({exc.__class__.__name__})") from None
+            if len(set(sizes.values())) > 1:
+                raise ImageReadError(s.alpha, f"sizes differ within the sample: {sizes}")
+            good.append(s)
+        except ImageReadError as exc:
+            bad.append((exc.path, exc.reason))
+    return good, bad
+
+
+def choose_crop(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
+    """(y, x, size): a square crop of 640, 960 or 1280 (smaller when the image is), centred
+    on a transition pixel half of the time."""
+    h, w = alpha.shape
+    size = min(int(CROP_SIZES[int(rng.integers(len(CROP_SIZES)))]), h, w)
+    centred = rng.random() < 0.5
+    u = rng.random(3)
+    if centred:
+        ys, xs = np.nonzero((alpha > 0) & (alpha < 1))
+        if len(ys):
+            i = min(int(u[0] * len(ys)), len(ys) - 1)
+            y = int(np.clip(ys[i] - size // 2, 0, h - size))
+            x = int(np.clip(xs[i] - size // 2, 0, w - size))
+            return y, x, size
+    return int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1)), size
+
+
+def normalise(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> ImageNet-normalised float tensor 3xHxW."""
+    x = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+class MattingDataset(Dataset):
+    """Augmented training samples: crop, resize to ``crop``, flip, targets for ``rosta``."""
+
+    def __init__(self, samples: list[Sample], rosta: str, crop: int = 320, seed: int = 0):
+        self.samples, self.rosta, self.crop, self.seed = samples, rosta, crop, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        for attempt in range(len(self.samples)):  # a file that fails to decode is replaced by the next
+            i = (index + attempt) % len(self.samples)
+            try:
+                return self._load(i)
+            except (ImageReadError, OSError, ValueError) as exc:
+                print(f"warning: skipping {self.samples[i].name}: {exc}", file=sys.stderr)
+        raise RuntimeError("no training sample could be read")
+
+    def _load(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.samples[index]
+        rng = derive_rng(self.seed, "sample", self.epoch, index)
+        image = read_image(s.image)
+        alpha = read_matte(s.alpha).alpha
+        if alpha.shape != image.shape[:2]:
+            raise ImageReadError(s.alpha, f"matte size {alpha.shape[::-1]} differs from the photo's {image.shape[1::-1]}")
+        fg = read_image(s.fg) if s.fg else None
+        bg = read_image(s.bg) if s.bg else None
+        y, x, size = choose_crop(alpha, rng)
+        flip = rng.random() < 0.5
+        win = (slice(y, y + size), slice(x, x + size))
+        cls, trans, focus = glance_targets(alpha[win], self.rosta)
+        out_hw = (self.crop, self.crop)
+
+        def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
+            interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size > self.crop else cv2.INTER_LINEAR)
+            r = cv2.resize(a, out_hw, interpolation=interp)
+            return r[:, ::-1] if flip else r
+
+        img = rs(image[win])
+        sample = {
+            "image": normalise(img),
+            "image_raw": _chw(img),
+            "alpha": _hw1(rs(alpha[win])),
+            "glance": torch.from_numpy(np.ascontiguousarray(rs(cls.astype(np.uint8), True))).long(),
+            "transition": _hw1(rs(trans, True)),
+            "focus": _hw1(rs(focus)),
+            "has_fgbg": torch.tensor(fg is not None and bg is not None),
+        }
+        sample["fg"] = _chw(rs(fg[win])) if fg is not None else torch.zeros_like(sample["image_raw"])
+        sample["bg"] = _chw(rs(bg[win])) if bg is not None else torch.zeros_like(sample["image_raw"])
+        return sample
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32) / 255.0)
+
+
+def _hw1(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]

@@ -1,0 +1,313 @@
+"""`gfm train`: one plain `train_one_epoch` / `evaluate`, and a checkpoint with everything
+needed to resume exactly (model, optimiser, AMP scaler, epoch, step, RNG state, config).
+
+Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel with a
+distributed sampler; rank 0 alone logs and writes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rssn.imageio import atomic_write_bytes
+from rssn.seeding import derive_rng
+
+from .data import MattingDataset, Sample, check_samples, find_samples
+from .losses import gfm_loss
+from .model import GFM
+
+LOSS_TERMS = ("loss", "ce", "focus_alpha", "focus_lap", "fusion_alpha", "fusion_lap", "comp")
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[str, ...]
+    out: str
+    backbone: str = "r34"
+    rosta: str = "tt"
+    pretrained: str = "none"
+    crop: int = 320
+    batch_size: int = 4
+    epochs: int = 10
+    lr: float = 1e-5
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    val: str | None = None
+    max_steps_per_epoch: int | None = None
+    resume: str | None = None
+
+    def model_config(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "rosta": self.rosta}
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment, (0, 0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This rank's share of a seeded permutation of the data (padded to divide evenly)."""
+    order = derive_rng(seed, "order", epoch).permutation(n).tolist()
+    per = -(-n // world)
+    order += order[: per * world - n]
+    return order[rank::world]
+
+
+def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state: TrainState, on_step,
+                    max_steps: int | None = None, progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each loss term."""
+    from tqdm import tqdm
+
+    model.train()
+    sums = {k: 0.0 for k in LOSS_TERMS}
+    n = 0
+    use_amp = scaler is not None and scaler.is_enabled()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="step", disable=not progress, dynamic_ncols=True)
+    for batch in bar:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            out = model(batch["image"])
+        terms = gfm_loss(out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        if use_amp:
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            terms["loss"].backward()
+            optimizer.step()
+        state.step += 1
+        values = {k: float(terms[k].detach()) for k in LOSS_TERMS}
+        for k in LOSS_TERMS:
+            sums[k] += values[k]
+        n += 1
+        on_step(epoch, state.step, values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        if max_steps is not None and n >= max_steps:
+            break
+    bar.close()
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model, samples: list[Sample], device, max_side: int = 640) -> dict[str, float]:
+    """Whole-image SAD/1000 and MSE of hybrid-resolution predictions on ``samples``."""
+    from rssn.imageio import read_image, read_matte
+
+    from .predict import predict_matte
+
+    core = model.module if hasattr(model, "module") else model
+    sads, mses = [], []
+    for s in samples:
+        image = read_image(s.image)
+        gt = read_matte(s.alpha).alpha.astype(np.float64)
+        pred = predict_matte(core, image, device=device, max_side=max_side).astype(np.float64)
+        sads.append(float(np.abs(pred - gt).sum() / 1000))
+        mses.append(float(((pred - gt) ** 2).mean()))
+    return {"val_sad": float(np.mean(sads)) if sads else float("nan"), "val_mse": float(np.mean(mses)) if mses else float("nan")}
+
+
+def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
+    core = model.module if hasattr(model, "module") else model
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": json.dumps(state.history),
+        "torch_rng": torch.get_rng_state(),
+        "config": json.dumps(asdict(cfg)),
+        "model_config": cfg.model_config(),
+    }
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: a checkpoint cannot run code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a gfm checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path}: not a gfm checkpoint (no model / model_config)")
+    return ckpt
+
+
+def _write_losses_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["epoch", "step", *LOSS_TERMS], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _read_losses_csv(path: Path, before_epoch: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for k in LOSS_TERMS:
+        ax.plot(steps, [float(r[k]) for r in rows], label=k, linewidth=1.5 if k == "loss" else 0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
+    """Train (or resume) and write checkpoints and logs under ``cfg.out``."""
+    rank, local_rank, world = _dist_info()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
+        if backend == "nccl":
+            torch.cuda.set_device(device)
+    else:
+        device = pick_device(cfg.device)
+    is_main = rank == 0
+    out = Path(cfg.out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    samples: list[Sample] = []
+    failures: list[tuple[str, str]] = []
+    for d in cfg.data:
+        s, f = find_samples(d)
+        samples += s
+        failures += f
+    samples, bad = check_samples(samples)
+    failures += bad
+    if is_main:
+        for path, reason in failures:
+            log(f"skipped {path}: {reason}")
+    if not samples:
+        raise ValueError("no usable training sample in " + ", ".join(cfg.data))
+    val_samples: list[Sample] = []
+    if cfg.val:
+        val_samples, vf = find_samples(cfg.val)
+        val_samples, vb = check_samples(val_samples)
+
+    torch.manual_seed(cfg.seed)
+    model = GFM(cfg.backbone, cfg.rosta, cfg.pretrained).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    state = TrainState()
+
+    resume = cfg.resume
+    if resume == "auto":
+        resume = str(out / "last.pt") if (out / "last.pt").exists() else None
+    if resume:
+        ckpt = load_checkpoint(resume)
+        if ckpt["model_config"] != cfg.model_config():
+            raise ValueError(f"{resume}: checkpoint is {ckpt['model_config']}, the command asks for {cfg.model_config()}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = TrainState(int(ckpt["epoch"]), int(ckpt["step"]), json.loads(ckpt["history"]))
+        if is_main:
+            log(f"resumed from {resume} after epoch {state.epoch} (step {state.step})")
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed)
+    losses_csv = out / "losses.csv"
+    rows = _read_losses_csv(losses_csv, state.epoch) if is_main else []
+    if is_main:
+        log(f"{len(samples)} training samples, {len(failures)} skipped; batch {cfg.batch_size} x {world} "
+            f"process(es) = effective batch {cfg.batch_size * world}; device {device}")
+
+    def on_step(epoch: int, step: int, values: dict[str, float]) -> None:
+        if is_main:
+            rows.append({"epoch": epoch, "step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+
+    for epoch in range(state.epoch, cfg.epochs):
+        dataset.set_epoch(epoch)
+        indices = _epoch_indices(len(dataset), cfg.seed, epoch, rank, world)
+        loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.workers, drop_last=len(indices) >= cfg.batch_size,
+                            pin_memory=device.type == "cuda")
+        t0 = time.perf_counter()
+        means = train_one_epoch(model, loader, optimizer, scaler, device, epoch, state, on_step,
+                                cfg.max_steps_per_epoch, progress and is_main)
+        state.epoch = epoch + 1
+        record = {"epoch": state.epoch, "seconds": round(time.perf_counter() - t0, 2), **means}
+        if val_samples and is_main:
+            record.update(evaluate(model, val_samples, device))
+        state.history.append(record)
+        if is_main:
+            save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg), out / "last.pt")
+            _write_losses_csv(losses_csv, rows)
+            plot_curves(rows, out / "loss_curves.png")
+            atomic_write_bytes(out / "history.json", (json.dumps(state.history, indent=2) + "\n").encode())
+            log("epoch {epoch}: loss {loss:.4f}".format(**record) +
+                (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else ""))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return state

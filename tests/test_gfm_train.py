@@ -1,0 +1,119 @@
+"""`gfm train` / `gfm predict` on real photos: over-fitting, exact resume, prediction size."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gfm.train import load_checkpoint
+from rssn.imageio import read_image, read_matte
+
+from .conftest import run_cli, shared
+
+PHOTOS = ("GT01", "GT05", "GT12")
+
+
+def small_real_set(root: Path, height: int = 128) -> Path:
+    """A few alphamatting photos and their mattes, scaled down so CPU training is quick."""
+    am = shared("alphamatting")
+    for d in ("image", "alpha"):
+        (root / d).mkdir(parents=True)
+    for n in PHOTOS:
+        img = cv2.imread(str(am / "image" / f"{n}.png"))
+        a = cv2.imread(str(am / "alpha" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
+        w = round(img.shape[1] * height / img.shape[0])
+        cv2.imwrite(str(root / "image" / f"{n}.png"), cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA))
+        cv2.imwrite(str(root / "alpha" / f"{n}.png"), cv2.resize(a, (w, height), interpolation=cv2.INTER_AREA))
+    return root
+
+
+def _train(data: Path, out: Path, *extra: str, check: bool = True):
+    return run_cli("gfm", "train", "--data", str(data), "--out", str(out), "--pretrained", "none", "--crop", "64",
+                   "--batch-size", "3", "--lr", "1e-3", "--quiet", "--device", "cpu", *extra, check=check)
+
+
+@pytest.mark.slow
+def test_overfits_a_few_real_photos(tmp_path):
+    data = small_real_set(tmp_path / "data")
+    _train(data, tmp_path / "run", "--epochs", "60")
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    first = np.mean([h["loss"] for h in hist[:3]])
+    last = np.mean([h["loss"] for h in hist[-3:]])
+    assert last < first / 4, (first, last)
+    rows = (tmp_path / "run" / "losses.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,loss,ce,") and len(rows) == 61
+    assert (tmp_path / "run" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the trained model predicts a matte of the photo's size
+    photo = shared("alphamatting") / "image" / "GT05.png"
+    run_cli("gfm", "predict", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--input", str(photo),
+            "--out", str(tmp_path / "pred"), "--quiet", "--rgba", check=True)
+    pred = read_matte(tmp_path / "pred" / "GT05.png")
+    assert pred.shape == read_image(photo).shape[:2] and pred.maxval == 255
+    assert read_image(tmp_path / "pred" / "rgba" / "GT05.png").shape[:2] == pred.shape
+
+
+@pytest.mark.slow
+def test_resume_after_an_interrupted_epoch_gives_the_same_weights(tmp_path):
+    data = small_real_set(tmp_path / "data", height=96)
+    args = ("--epochs", "3", "--batch-size", "1", "--seed", "5")
+    _train(data, tmp_path / "ref", *args)
+    out = tmp_path / "run"
+    exe = Path(sys.executable).parent / "gfm"
+    proc = subprocess.Popen([str(exe), "train", "--data", str(data), "--out", str(out), "--pretrained", "none",
+                             "--crop", "64", "--lr", "1e-3", "--quiet", "--device", "cpu", *args],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hist = out / "history.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if hist.exists() and len(json.loads(hist.read_text())) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.4)  # into the third epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(json.loads(hist.read_text())) == 2, "the kill did not land in the third epoch"
+    _train(data, out, *args, "--resume", "auto")
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert not list(out.glob(".tmp-*"))
+    steps = [int(l.split(",")[1]) for l in (out / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) == list(range(1, 10))
+
+
+def test_composite_data_uses_the_composition_loss_and_mismatch_is_an_error(tmp_path):
+    from .helpers import make_tiny_set
+
+    fg, bg = make_tiny_set(tmp_path / "src", n_fg=2, n_bg=2, fg_hw=(96, 96), bg_hw=(120, 120))
+    comp = tmp_path / "comp"
+    run_cli("rssn", "compose", "--fg", str(fg), "--bg", str(bg), "--out", str(comp), "--per-fg", "1",
+            "--denoise-p", "0", "--workers", "1", "--quiet", check=True)
+    _train(comp, tmp_path / "run", "--epochs", "1", "--rosta", "ft")
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist[0]["comp"] > 0
+    p = run_cli("gfm", "predict", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--input", str(comp / "image"),
+                "--out", str(tmp_path / "pred"), "--rosta", "tt")
+    assert p.returncode == 2 and "trained with --rosta ft" in p.stderr
+
+
+def test_offline_imagenet_is_one_clear_error(tmp_path, monkeypatch):
+    from gfm.model import PretrainedWeightsError, _resnet34
+
+    import torchvision.models._api as api
+
+    def offline(url, *a, **k):  # what torch.hub does with no cache and no network
+        raise OSError(f"<urlopen error [Errno 101] Network is unreachable> fetching {url}")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(PretrainedWeightsError, match="--pretrained PATH.*--pretrained none"):
+        _resnet34("imagenet")
