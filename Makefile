@@ -20,6 +20,7 @@ demo: setup
 	@echo "composites in demo-out/image, record of every step in demo-out/manifest.jsonl"
 
 test: setup
+	@bash scripts/install-chromium.sh
 	$(PY) -m pytest -q
 
 clean:

@@ -87,7 +87,7 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
     import imagehash
     from PIL import Image
 
-    from rssn.imageio import _exif_swaps_axes, _open
+    from rssn.imageio import exif_swaps_axes, open_checked
 
     try:
         data = Path(path).read_bytes()
@@ -97,9 +97,9 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
         return {"status": "failed", "stage": "decode", "reason": "empty file (0 bytes)"}
     iid = content_id(data)
     try:
-        im = _open(path, cfg.max_pixels)
+        im = open_checked(path, cfg.max_pixels)
         w, h = im.size
-        if _exif_swaps_axes(im):
+        if exif_swaps_axes(im):
             w, h = h, w
         animated = bool(getattr(im, "is_animated", False))
         im.close()

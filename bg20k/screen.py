@@ -5,6 +5,7 @@ so that the rule can be re-applied with other thresholds without detecting again
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -59,6 +60,8 @@ class Detector:
         self.spec, self.imgsz = spec, imgsz
         self.device = device or pick_device()
         local = Path(spec)
+        # never let ultralytics pip-install packages at run time
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")
         try:
             from ultralytics import YOLO
 

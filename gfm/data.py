@@ -65,7 +65,7 @@ def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]
 
 def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Keep the samples whose files open and agree in size (headers only: cheap)."""
-    from PIL import Image
+    from rssn.imageio import pil_open
 
     good, bad = [], []
     for s in samples:
@@ -76,7 +76,7 @@ def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
                 if p is None:
                     continue
                 try:
-                    with Image.open(p) as im:
+                    with pil_open(p) as im:
                         sizes[kind] = im.size
                 except Exception as exc:
                     raise ImageReadError(p, f"not a readable image ({exc.__class__.__name__})") from None

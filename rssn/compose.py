@@ -292,10 +292,10 @@ def _compose_one(state: _ForegroundState, cid: str, slot: int, bg_path: str, h: 
 
 def _cover_request(bg_path: str, w: int, h: int) -> tuple[int, int] | None:
     """The smallest decode size of ``bg_path`` that still covers w x h after scaling."""
-    from PIL import Image
+    from .imageio import pil_open
 
     try:
-        with Image.open(bg_path) as im:
+        with pil_open(bg_path) as im:
             bw, bh = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 bw, bh = bh, bw

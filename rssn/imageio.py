@@ -19,6 +19,18 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+def _unpatched_pil_open():
+    """PIL's own Image.open. ultralytics replaces Image.open process-wide with a wrapper that,
+    on a file PIL cannot identify, tries to pip-install a HEIF plugin and raises
+    ModuleNotFoundError when it cannot; we always call PIL's original."""
+    op = Image.open
+    if getattr(op, "__module__", "").startswith("ultralytics"):
+        op = op.__globals__.get("_image_open", op)
+    return op
+
+
+pil_open = _unpatched_pil_open()
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_PIXELS = 180_000_000  # above this an image is treated as a decompression bomb
 TMP_PREFIX = ".tmp-"
@@ -72,12 +84,12 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+def open_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open with PIL and check the pixel count before anything is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = pil_open(path)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"too many pixels (decompression bomb?): {exc}") from None
     except FileNotFoundError:
@@ -116,7 +128,7 @@ def _load(im: Image.Image, path: str | os.PathLike) -> Image.Image:
         raise ImageReadError(path, f"cannot decode ({exc.__class__.__name__}: {exc})") from None
 
 
-def _exif_swaps_axes(im: Image.Image) -> bool:
+def exif_swaps_axes(im: Image.Image) -> bool:
     try:
         return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except Exception:
@@ -134,11 +146,11 @@ def read_image(
     ``min_size=(width, height)`` lets a JPEG be decoded at a reduced DCT scale that still
     covers that size (after orientation): much faster for large photos that will be shrunk.
     """
-    im = _open(path, max_pixels)
+    im = open_checked(path, max_pixels)
     try:
         if min_size is not None and im.format == "JPEG":
             w, h = min_size
-            if _exif_swaps_axes(im):
+            if exif_swaps_axes(im):
                 w, h = h, w
             im.draft("RGB", (int(w), int(h)))
         im = _load(im, path)
@@ -149,7 +161,7 @@ def read_image(
 
 def read_rgba(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Matte]:
     """Read an image with an alpha channel as (uint8 RGB, Matte of its alpha channel)."""
-    im = _open(path, max_pixels)
+    im = open_checked(path, max_pixels)
     try:
         im = _load(im, path)
         if im.mode == "P" and "transparency" in im.info:
@@ -206,7 +218,7 @@ def read_matte(
     """
     if _png_bit_depth(path) == 16:
         return _read_matte_16(path, max_pixels, rgb_tolerance)
-    im = _open(path, max_pixels)
+    im = open_checked(path, max_pixels)
     try:
         im = _load(im, path)
         mode = im.mode
@@ -243,7 +255,7 @@ def read_matte(
 
 
 def _read_matte_16(path: str | os.PathLike, max_pixels: int, rgb_tolerance: int) -> Matte:
-    im = _open(path, max_pixels)  # size check only; OpenCV decodes 16-bit colour exactly
+    im = open_checked(path, max_pixels)  # size check only; OpenCV decodes 16-bit colour exactly
     im.close()
     data = np.fromfile(str(path), dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
