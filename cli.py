@@ -71,8 +71,9 @@ def rssn() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Fixes every random choice.")
 @click.option("--route", type=click.Choice(["rssn", "plain"]), default="rssn", show_default=True,
               help="plain: alpha blending only (the paper's COMP-COCO / COMP-BG20K baseline).")
-@click.option("--fg-method", type=click.Choice(["cf", "ml", "none"]), default="cf", show_default=True,
-              help="Foreground colours: closed-form (Levin et al.), multi-level, or the photo's own colours.")
+@click.option("--fg-method", type=click.Choice(["cf", "cf-full", "ml", "none"]), default="cf", show_default=True,
+              help="Foreground colours: closed-form (Levin et al.) on the transition band, the same over every "
+                   "pixel (pymatting, slow), multi-level, or the photo's own colours.")
 @click.option("--layout", type=click.Choice(["auto", "photo", "fg", "rgba"]), default="auto", show_default=True,
               help="Foreground layout; auto detects it from the sub-folder names.")
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of BM3D on the foreground, and independently on the background.")
@@ -86,7 +87,7 @@ def rssn() -> None:
 @click.option("--noise-sigma", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Noise sigma on the 0-255 scale.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Cache of foreground estimates and BM3D results  [default: OUT/cache]")
+              help="Cache of foreground estimates and BM3D results, shared by runs  [default: ~/.cache/gfm-toolkit]")
 @click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
               help="Format of the composites in image/ (mattes, fg and bg are always PNG).")
 @click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9), help="PNG compression level (1 is fast).")
@@ -143,6 +144,45 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
         click.echo(f"  ... and {len(s.failures) - 20} more failures in the manifest", err=True)
     if s.made + s.skipped_existing == 0:
         click.echo("Error: no composite could be made", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
+
+
+@rssn.command("denoise")
+@click.option("--bg", "folder", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images (recursively) to denoise, e.g. bg20k's train/.")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="The cache `rssn compose --cache` reads  [default: ~/.cache/gfm-toolkit]")
+@click.option("--denoise-sigma", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="BM3D noise level (0-255 scale); default: estimated from each image.")
+@click.option("--denoise-profile", type=click.Choice(["np", "lc", "refilter", "vn", "high", "deb"]), default="np",
+              show_default=True)
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
+@click.option("--quiet", is_flag=True)
+def rssn_denoise(folder: Path, cache_dir: Path | None, denoise_sigma: float | None, denoise_profile: str,
+                 workers: int | None, quiet: bool) -> None:
+    """Pre-compute BM3D of every background into the cache that `rssn compose` reads.
+
+    BM3D takes about two minutes per 1080p image on one core; run this once on a background
+    set (in parallel, or on a bigger machine) and every later compose run finds the results.
+    Use the same --denoise-sigma and --denoise-profile as the compose runs.
+
+    \b
+    Examples:
+      rssn denoise --bg bg20k/train --workers 16
+      rssn denoise --bg bg20k/train --cache /shared/cache --denoise-profile lc
+    """
+    from rssn.compose import default_cache_dir, run_denoise
+
+    recs = run_denoise(folder, cache_dir or default_cache_dir(), denoise_sigma, denoise_profile,
+                       workers or os.cpu_count() or 1, progress=not quiet)
+    done = [r for r in recs if r["type"] == "denoised"]
+    failed = [r for r in recs if r["type"] == "failure"]
+    click.echo(_summary_table([("images", len(recs)), ("denoised now", sum(not r["cached_before"] for r in done)),
+                               ("already cached", sum(r["cached_before"] for r in done)), ("failed", len(failed)),
+                               ("cache", cache_dir or default_cache_dir())]), err=True)
+    for r in failed:
+        click.echo(f"  failed: {r['input']}: {r['reason']}", err=True)
+    if not done:
         sys.exit(EXIT_NOTHING_MADE)
 
 
@@ -263,9 +303,18 @@ def gfm() -> None:
 @click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation photos with mattes: SAD and MSE every epoch.")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap the steps of each epoch.")
 @click.option("--resume", default=None, help="A checkpoint to continue from, or 'auto' for OUT/last.pt when present.")
+@click.option("--fg", "fg_dir", type=click.Path(exists=True, file_okay=False),
+              help="With --bg: foregrounds (any `rssn compose` layout) composited on the fly with the RSSN route.")
+@click.option("--bg", "bg_dir", type=click.Path(exists=True, file_okay=False), help="Backgrounds for --fg.")
+@click.option("--per-fg", default=5, show_default=True, type=click.IntRange(min=1), help="With --fg: composites per foreground per epoch.")
+@click.option("--fg-method", type=click.Choice(["cf", "cf-full", "ml", "none"]), default="cf", show_default=True)
+@click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY)
+@click.option("--denoise-profile", type=click.Choice(["np", "lc", "refilter", "vn", "high", "deb"]), default="np", show_default=True)
+@click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
 @click.option("--quiet", is_flag=True)
 def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, lr, seed, workers, device, no_amp,
-              val, max_steps_per_epoch, resume, quiet) -> None:
+              val, max_steps_per_epoch, resume, fg_dir, bg_dir, per_fg, fg_method, denoise_p, denoise_profile,
+              cache_dir, quiet) -> None:
     """Train a GFM on photos with mattes or on `rssn compose` output.
 
     \b
@@ -279,17 +328,23 @@ def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, 
       gfm train --data comp --data AM-2k/train --out runs/tt --epochs 100
       gfm train --data comp --out runs/bt --rosta bt --pretrained ~/resnet34.pth
       gfm train --data comp --out runs/tt --resume auto     # after an interruption
+      gfm train --fg AM-2k/train --bg bg20k/train --per-fg 5 --out runs/otf   # composites made on the fly
     """
     from gfm.model import PretrainedWeightsError
     from gfm.train import TrainConfig, run_train
 
-    if not data:
-        _fail_usage("give at least one --data folder")
-    for d in data:
-        check_output_folder(Path(out), {"--data": Path(d)})
+    if bool(fg_dir) != bool(bg_dir):
+        _fail_usage("--fg and --bg go together")
+    if not data and not fg_dir:
+        _fail_usage("give at least one --data folder, or --fg and --bg")
+    for d in (*data, *([fg_dir, bg_dir] if fg_dir else [])):
+        check_output_folder(Path(out), {"--data/--fg/--bg": Path(d)})
+    route = (("fg_method", fg_method), ("denoise_p", denoise_p), ("denoise_profile", denoise_profile),
+             *((("cache_dir", Path(cache_dir)),) if cache_dir else ()))
     cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, pretrained=pretrained, crop=crop,
                       batch_size=batch_size, epochs=epochs, lr=lr, seed=seed, workers=workers, device=device,
-                      amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume)
+                      amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume,
+                      fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route)
     if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
         _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
     try:
@@ -345,8 +400,14 @@ def gfm_predict(checkpoint, input_path, out_dir, glance_scale, focus_scale, scal
 @gfm.command("eval")
 @click.option("--pred", "pred_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Predicted mattes (paired with the ground truth by file stem).")
-@click.option("--gt", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--gt", "gt_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Ground-truth mattes: L, RGB (R=G=B), RGBA or 16-bit PNG.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Predict with this GFM checkpoint first (gfm predict's code), then score.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --checkpoint: photos with mattes (original|image + mask|alpha).")
+@click.option("--pred-out", type=click.Path(file_okay=False, path_type=Path),
+              help="With --checkpoint: where the predictions go  [default: a temporary folder]")
 @click.option("--trimap", "trimap_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Trimaps 0/128/255 (L or palette); default: made from the ground truth.")
 @click.option("--protocol", type=click.Choice(["dim", "gfm"]), default="dim", show_default=True,
@@ -357,7 +418,8 @@ def gfm_predict(checkpoint, input_path, out_dir, glance_scale, focus_scale, scal
 @click.option("--out-json", type=click.Path(dir_okay=False, path_type=Path), help="Means, counts and failures.")
 @click.option("--error-maps", type=click.Path(file_okay=False, path_type=Path), help="Write a PNG error map per image here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def gfm_eval(pred_dir: Path | None, gt_dir: Path, trimap_dir: Path | None, protocol: str, trimap_kernel: int,
+def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None, data_dir: Path | None,
+             pred_out: Path | None, trimap_dir: Path | None, protocol: str, trimap_kernel: int,
              out_csv: Path | None, out_json: Path | None, error_maps: Path | None, quiet: bool) -> None:
     """Score predicted mattes against ground truth with SAD, MSE, MAD, Grad and Conn.
 
@@ -373,11 +435,36 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path, trimap_dir: Path | None, proto
       gfm eval --pred preds --gt data/alpha --trimap data/trimap --out-csv scores.csv
       gfm eval --pred preds --gt data/alpha --protocol gfm --out-json scores.json
       gfm eval --pred preds --gt data/alpha --error-maps errs/   # trimaps made from gt
+      gfm eval --checkpoint runs/tt/last.pt --data AM-2k/validation --protocol gfm
     """
+    import tempfile
+
     from gfm.evaluate import EvalConfig, run_eval, summary_table, write_csv, write_json
 
-    if pred_dir is None:
-        _fail_usage("--pred is required")
+    if checkpoint is not None:
+        if data_dir is None or pred_dir is not None:
+            _fail_usage("--checkpoint needs --data (photos with mattes) and no --pred")
+        from gfm.data import find_samples
+        from gfm.predict import load_model, run_predict
+        from gfm.train import pick_device
+        from rssn.layout import LayoutError
+
+        try:
+            samples, _ = find_samples(data_dir)
+        except LayoutError as exc:
+            _fail_usage(str(exc))
+        if not samples:
+            _fail_usage(f"--data {data_dir}: no photo with a matte found")
+        gt_dir = gt_dir or samples[0].alpha.parent
+        pred_dir = pred_out or Path(tempfile.mkdtemp(prefix="gfm-eval-"))
+        dev = pick_device("auto")
+        try:
+            model = load_model(checkpoint, dev)
+        except (ValueError, FileNotFoundError) as exc:
+            _fail_usage(str(exc))
+        run_predict(model, [s.image for s in samples], pred_dir, dev, progress=not quiet)
+    if pred_dir is None or gt_dir is None:
+        _fail_usage("give --pred and --gt, or --checkpoint and --data")
     cfg = EvalConfig(pred_dir, gt_dir, trimap_dir, protocol, trimap_kernel, error_maps)
     result = run_eval(cfg, progress=not quiet)
     if out_csv:

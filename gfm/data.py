@@ -142,6 +142,11 @@ class MattingDataset(Dataset):
             raise ImageReadError(s.alpha, f"matte size {alpha.shape[::-1]} differs from the photo's {image.shape[1::-1]}")
         fg = read_image(s.fg) if s.fg else None
         bg = read_image(s.bg) if s.bg else None
+        return self.augment(image, alpha, fg, bg, rng)
+
+    def augment(self, image: np.ndarray, alpha: np.ndarray, fg: np.ndarray | None, bg: np.ndarray | None,
+                rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Crop, resize, flip and make the targets of one sample."""
         y, x, size = choose_crop(alpha, rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
@@ -174,3 +179,50 @@ def _chw(a: np.ndarray) -> torch.Tensor:
 
 def _hw1(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+
+
+class OnTheFlyDataset(MattingDataset):
+    """Composites made with the `rssn` route while training: K backgrounds per foreground per
+    epoch, drawn anew each epoch from (seed, epoch, foreground, k). Foreground estimates and
+    BM3D results come from the same content cache as `rssn compose`."""
+
+    def __init__(self, fg_dir: str | Path, bg_dir: str | Path, rosta: str, crop: int = 320, seed: int = 0,
+                 per_fg: int = 5, compose_options: dict | None = None):
+        from rssn.compose import ComposeConfig
+        from rssn.imageio import list_images
+
+        items, self.failures = find_foregrounds(fg_dir)
+        self.items = items
+        self.backgrounds = [str(p) for p in list_images(bg_dir)]
+        if not self.backgrounds:
+            raise ValueError(f"{bg_dir}: no background images")
+        self.per_fg = per_fg
+        self.compose_cfg = ComposeConfig(fg_dir=Path(fg_dir), bg_dir=Path(bg_dir), out_dir=Path("."),
+                                         seed=seed, **(compose_options or {}))
+        super().__init__([Sample(i.stem, i.image, i.matte or i.image) for i in items], rosta, crop, seed)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.per_fg
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        for attempt in range(len(self.items)):
+            i = (index // self.per_fg + attempt) % len(self.items)
+            try:
+                return self._compose(i, index % self.per_fg)
+            except (ImageReadError, OSError, ValueError) as exc:
+                print(f"warning: skipping {self.items[i].stem}: {exc}", file=sys.stderr)
+        raise RuntimeError("no foreground could be composited")
+
+    def _compose(self, fg_index: int, k: int) -> dict[str, torch.Tensor]:
+        from rssn.cache import ImageCache
+        from rssn.compose import ForegroundState, make_composite
+
+        item = self.items[fg_index]
+        cfg = self.compose_cfg
+        cache = ImageCache(cfg.cache_root)
+        state = ForegroundState(item, cfg, cache)
+        pick = derive_rng(self.seed, "train-background", self.epoch, item.stem, k)
+        bg_path = self.backgrounds[int(pick.integers(len(self.backgrounds)))]
+        rng = derive_rng(self.seed, "train-composite", self.epoch, item.stem, k)
+        image, fg, bg, _ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
+        return self.augment(image, state.matte.alpha, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))

@@ -48,6 +48,10 @@ class TrainConfig:
     val: str | None = None
     max_steps_per_epoch: int | None = None
     resume: str | None = None
+    fg: str | None = None  # with bg: composites made on the fly with the rssn route
+    bg: str | None = None
+    per_fg: int = 5
+    route_options: tuple[tuple[str, Any], ...] = ()
 
     def model_config(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "rosta": self.rosta}
@@ -146,7 +150,7 @@ def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfi
         "step": state.step,
         "history": json.dumps(state.history),
         "torch_rng": torch.get_rng_state(),
-        "config": json.dumps(asdict(cfg)),
+        "config": json.dumps(asdict(cfg), default=str),
         "model_config": cfg.model_config(),
     }
 
@@ -237,10 +241,19 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         failures += f
     samples, bad = check_samples(samples)
     failures += bad
+    if cfg.fg and cfg.bg:
+        from .data import OnTheFlyDataset
+
+        dataset = OnTheFlyDataset(cfg.fg, cfg.bg, cfg.rosta, cfg.crop, cfg.seed, cfg.per_fg, dict(cfg.route_options))
+        failures += [(f.path, f.reason) for f in dataset.failures]
+        if not dataset.items:
+            raise ValueError(f"no usable foreground in {cfg.fg}")
+    else:
+        dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed)
     if is_main:
         for path, reason in failures:
             log(f"skipped {path}: {reason}")
-    if not samples:
+    if len(dataset) == 0:
         raise ValueError("no usable training sample in " + ", ".join(cfg.data))
     val_samples: list[Sample] = []
     if cfg.val:
@@ -273,11 +286,10 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed)
     losses_csv = out / "losses.csv"
     rows = _read_losses_csv(losses_csv, state.epoch) if is_main else []
     if is_main:
-        log(f"{len(samples)} training samples, {len(failures)} skipped; batch {cfg.batch_size} x {world} "
+        log(f"{len(dataset)} training samples per epoch, {len(failures)} skipped; batch {cfg.batch_size} x {world} "
             f"process(es) = effective batch {cfg.batch_size * world}; device {device}")
 
     def on_step(epoch: int, step: int, values: dict[str, float]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from . import augment
 from .cache import ImageCache, content_key
 from .denoise import bm3d_denoise, estimate_noise_sigma
-from .foreground import estimate_foreground
+from .foreground import ALGORITHM_VERSION, estimate_foreground
 from .imageio import (
     ImageReadError,
     Matte,
@@ -75,7 +75,7 @@ class ComposeConfig:
 
     @property
     def cache_root(self) -> Path:
-        return self.cache_dir if self.cache_dir is not None else self.out_dir / "cache"
+        return self.cache_dir if self.cache_dir is not None else default_cache_dir()
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,13 @@ class Summary:
         d["composites_per_second"] = round(self.composites_per_second, 4)
         d["seconds"] = round(self.seconds, 3)
         return d
+
+
+def default_cache_dir() -> Path:
+    """The user's cache ($XDG_CACHE_HOME/gfm-toolkit or ~/.cache/gfm-toolkit): foreground
+    estimates and BM3D results are shared by every run and command of this user."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gfm-toolkit"
 
 
 def composite_id(stem: str, slot: int) -> str:
@@ -151,7 +158,7 @@ def plan(cfg: ComposeConfig, manifest: Manifest) -> tuple[list[Unit], list[Input
 # ------------------------------------------------------------------ stage 2: process
 
 
-class _ForegroundState:
+class ForegroundState:
     """Per-unit memo: the foreground is read, estimated and denoised at most once."""
 
     def __init__(self, item: ForegroundItem, cfg: ComposeConfig, cache: ImageCache):
@@ -182,7 +189,7 @@ class _ForegroundState:
         if self.fg_method == "given":
             self.fg8 = image
             return
-        key = content_key(image, matte.values, matte.maxval, self.fg_method)
+        key = content_key(image, matte.values, matte.maxval, self.fg_method, ALGORITHM_VERSION[self.fg_method])
         fg8 = self.cache.get(f"fg-{self.fg_method}", key)
         if fg8 is None:
             f = estimate_foreground(image, matte.alpha, self.fg_method)
@@ -192,19 +199,18 @@ class _ForegroundState:
 
     def denoised(self) -> tuple[np.ndarray, float]:
         if self._denoised is None:
-            self._denoised = denoise_cached(self.fg8, self.cfg, self.cache)
+            self._denoised = denoise_cached(self.fg8, self.cfg.denoise_sigma, self.cfg.denoise_profile, self.cache)
         return self._denoised
 
 
-def denoise_cached(img: np.ndarray, cfg: ComposeConfig, cache: ImageCache) -> tuple[np.ndarray, float]:
-    """BM3D of ``img`` at the given or estimated noise level, through the content cache."""
-    sigma = cfg.denoise_sigma if cfg.denoise_sigma is not None else estimate_noise_sigma(img)
-    sigma = round(float(sigma), 4)
-    kind = f"bm3d-{cfg.denoise_profile}"
+def denoise_cached(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache) -> tuple[np.ndarray, float]:
+    """BM3D of ``img`` at ``sigma`` (None: estimated from the image), through the content cache."""
+    sigma = round(float(sigma if sigma is not None else estimate_noise_sigma(img)), 4)
+    kind = f"bm3d-{profile}"
     key = content_key(img, sigma)
     out = cache.get(kind, key)
     if out is None:
-        out = bm3d_denoise(img, sigma, cfg.denoise_profile)
+        out = bm3d_denoise(img, sigma, profile)
         cache.put(kind, key, out)
     return out, sigma
 
@@ -218,35 +224,33 @@ def compose_unit(unit: Unit, cfg: ComposeConfig) -> list[dict[str, Any]]:
     cache = ImageCache(cfg.cache_root)
     item = unit.item
     try:
-        state = _ForegroundState(item, cfg, cache)
+        state = ForegroundState(item, cfg, cache)
     except (ImageReadError, ValueError, OSError) as exc:
         return [_failure(getattr(exc, "path", str(item.image)), _reason(exc), "foreground", item.stem,
                          slots=len(unit.slots))]
-    h, w = state.matte.shape
-    alpha = state.matte.alpha
     probs = cfg.probabilities
     records = []
     for slot, bg_path in unit.slots:
         cid = composite_id(item.stem, slot)
         try:
-            records.append(_compose_one(state, cid, slot, bg_path, h, w, alpha, probs, cache))
+            records.append(_compose_one(state, cid, slot, bg_path, probs, cache))
         except (ImageReadError, ValueError, OSError) as exc:
             records.append(_failure(getattr(exc, "path", bg_path), _reason(exc), "composite", cid))
     return records
 
 
-def _compose_one(state: _ForegroundState, cid: str, slot: int, bg_path: str, h: int, w: int,
-                 alpha: np.ndarray, probs: augment.RouteProbabilities, cache: ImageCache) -> dict[str, Any]:
+def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: str,
+                   probs: augment.RouteProbabilities, cache: ImageCache):
+    """One composite in memory: (image, fg, bg as uint8 RGB, ops, crop box, scaled size)."""
     cfg = state.cfg
-    rng = derive_rng(cfg.seed, "composite", state.item.stem, slot)
+    h, w = state.matte.shape
     p = augment.draw_params(rng, probs)
     ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
-
     # Background: denoising works on the whole source image (so it is cached and shared);
     # otherwise a JPEG may be decoded at a reduced scale that still covers the output.
     if p.denoise_bg:
         bg_src = read_image(bg_path)
-        bg_src, sigma = denoise_cached(bg_src, cfg, cache)
+        bg_src, sigma = denoise_cached(bg_src, cfg.denoise_sigma, cfg.denoise_profile, cache)
         ops.append({"op": "bm3d", "target": "bg", "sigma": sigma, "profile": cfg.denoise_profile})
     else:
         bg_src = read_image(bg_path, min_size=_cover_request(bg_path, w, h))
@@ -259,12 +263,20 @@ def _compose_one(state: _ForegroundState, cid: str, slot: int, bg_path: str, h: 
     if p.blur_kernel is not None:
         bg = augment.box_blur(bg, p.blur_kernel)
         ops.append({"op": "box_blur", "target": "bg", "kernel": p.blur_kernel})
-    comp = augment.blend(alpha, fg, bg)
+    comp = augment.blend(state.matte.alpha, fg, bg)
     ops.append({"op": "blend"})
     if p.noise_seed is not None:
         comp = augment.add_gaussian_noise(comp, cfg.noise_sigma, np.random.default_rng(p.noise_seed))
         ops.append({"op": "gaussian_noise", "sigma": cfg.noise_sigma, "seed": p.noise_seed, "clip": [0, 255]})
-    image = augment.to_uint8(comp)
+    return augment.to_uint8(comp), fg, bg, ops, box, scaled
+
+
+def _compose_one(state: ForegroundState, cid: str, slot: int, bg_path: str,
+                 probs: augment.RouteProbabilities, cache: ImageCache) -> dict[str, Any]:
+    cfg = state.cfg
+    h, w = state.matte.shape
+    rng = derive_rng(cfg.seed, "composite", state.item.stem, slot)
+    image, fg, bg, ops, box, scaled = make_composite(state, rng, bg_path, probs, cache)
 
     out = cfg.out_dir
     ext = ".jpg" if cfg.image_format == "jpg" else ".png"
@@ -339,10 +351,15 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
+def process_pool(workers: int):
+    """Spawned worker processes with one BLAS/OpenCV thread each."""
+    ctx = mp.get_context("spawn")
+    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+
+
 def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None]) -> None:
     """Schedule the units on ``cfg.workers`` processes; ``on_done`` gets each unit's records."""
-    ctx = mp.get_context("spawn")
-    with _single_threaded_env(), cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
+    with _single_threaded_env(), process_pool(cfg.workers) as pool:
         futures = {pool.submit(compose_unit, u, cfg): u for u in units}
         for fut in cf.as_completed(futures):
             unit = futures[fut]
@@ -411,3 +428,35 @@ def _write_summary(cfg: ComposeConfig, summary: Summary) -> None:
     doc = {"command": "rssn compose", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
            "summary": summary.as_dict()}
     atomic_write_bytes(cfg.out_dir / "summary.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
+
+
+# ------------------------------------------------------------------ rssn denoise
+
+
+def denoise_one(path: str, sigma: float | None, profile: str, cache_root: str) -> dict[str, Any]:
+    """Denoise one background into the cache exactly as `rssn compose` would (whole image)."""
+    t = time.perf_counter()
+    cache = ImageCache(cache_root)
+    try:
+        img = read_image(path)
+    except ImageReadError as exc:
+        return {"key": f"failure:{path}", "type": "failure", "input": path, "reason": exc.reason}
+    key = content_key(img, round(float(sigma if sigma is not None else estimate_noise_sigma(img)), 4))
+    hit = cache.get(f"bm3d-{profile}", key) is not None
+    _, used = denoise_cached(img, sigma, profile, cache)
+    return {"key": f"denoised:{path}", "type": "denoised", "input": path, "sigma": used, "profile": profile,
+            "cached_before": hit, "seconds": round(time.perf_counter() - t, 2)}
+
+
+def run_denoise(folder: Path, cache_root: Path, sigma: float | None, profile: str, workers: int,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Pre-compute the BM3D cache for every image below ``folder``, in parallel."""
+    from tqdm import tqdm
+
+    paths = [str(p) for p in list_images(folder)]
+    out = []
+    with _single_threaded_env(), process_pool(workers) as pool:
+        futs = [pool.submit(denoise_one, p, sigma, profile, str(cache_root)) for p in paths]
+        for fut in tqdm(cf.as_completed(futs), total=len(futs), unit="image", disable=not progress, dynamic_ncols=True):
+            out.append(fut.result())
+    return sorted(out, key=lambda r: r["input"])

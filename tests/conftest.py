@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GFM_SHARED_DATA", REPO.parent / "shared" / "data"))
 SAMPLES = REPO / "samples"
+
+# Keep the tests' foreground and BM3D cache out of the user's ~/.cache (subprocesses inherit it).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gfm-test-cache-")
 
 
 def shared(sub: str) -> Path:

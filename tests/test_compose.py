@@ -89,11 +89,12 @@ FULL_ROUTE = ("--per-fg", "3", "--seed", "11", "--denoise-p", "1", "--blur-p", "
 @pytest.mark.slow
 def test_same_seed_same_bytes_with_one_and_two_workers(tmp_path):
     fg, bg = make_tiny_set(tmp_path / "data", n_fg=3, n_bg=2)
-    _compose(fg, bg, tmp_path / "w1", *FULL_ROUTE, workers=1)
-    _compose(fg, bg, tmp_path / "w2", *FULL_ROUTE, workers=2)
+    _compose(fg, bg, tmp_path / "w1", *FULL_ROUTE, workers=1, cache=tmp_path / "c1")
+    _compose(fg, bg, tmp_path / "w2", *FULL_ROUTE, workers=2, cache=tmp_path / "c2")
+    _compose(fg, bg, tmp_path / "warm", *FULL_ROUTE, workers=2, cache=tmp_path / "c1")  # every result cached
     d1, d2 = tree_digest(tmp_path / "w1"), tree_digest(tmp_path / "w2")
     assert len([k for k in d1 if k.startswith("image/")]) == 9
-    assert d1 == d2
+    assert d1 == d2 == tree_digest(tmp_path / "warm")
     recs = [r for r in _manifest(tmp_path / "w1") if r["type"] == "composite"]
     assert all(sum(op["op"] == "bm3d" for op in r["ops"]) == 2 for r in recs)  # denoise-p 1: fg and bg
     # A different seed changes the bytes.
@@ -207,3 +208,41 @@ def test_other_layouts_fg_alpha_and_rgba(tmp_path):
                                   read_matte(fg / "alpha" / "f01.png").values)
     recs = [r for r in _manifest(tmp_path / "o2") if r["type"] == "composite"]
     assert [r["ops"] for r in recs] == [[{"op": "foreground", "method": "ml"}, {"op": "blend"}]] * 2
+
+
+def test_band_closed_form_matches_the_converged_full_solve():
+    """The band solve against pymatting's full solve at a converged tolerance, on a real photo."""
+    from pymatting import estimate_foreground_cf
+
+    from rssn.closed_form_band import estimate_foreground_cf_band, transition_band
+
+    am = shared("alphamatting")
+    img = cv2.imread(str(am / "image" / "GT04.png"))[..., ::-1]
+    a = cv2.imread(str(am / "alpha" / "GT04.png"), cv2.IMREAD_GRAYSCALE)
+    img = cv2.resize(img, (330, 216), interpolation=cv2.INTER_AREA) / 255.0
+    a = cv2.resize(a, (330, 216), interpolation=cv2.INTER_AREA) / 255.0
+    full = estimate_foreground_cf(img, a, rtol=1e-8)
+    f, b = estimate_foreground_cf_band(img, a, return_background=True)
+    d = a[..., None] * np.abs(f - full) * 255
+    assert np.percentile(d, 99.9) <= 1.0 and d.max() <= 3.0, (np.percentile(d, 99.9), d.max())
+    outside = ~transition_band(a, 3)
+    np.testing.assert_array_equal(f[outside & (a == 1)], img[outside & (a == 1)])  # F is the photo where opaque
+    np.testing.assert_array_equal(b[outside & (a == 0)], img[outside & (a == 0)])  # B is the photo where clear
+
+
+@pytest.mark.slow
+def test_precomputed_denoise_cache_is_used_and_changes_nothing(tmp_path):
+    fg, bg = make_tiny_set(tmp_path / "data", n_fg=2, n_bg=2)
+    args = ("--per-fg", "2", "--denoise-p", "1", "--denoise-profile", "lc", "--seed", "4")
+    _compose(fg, bg, tmp_path / "cold", *args, cache=tmp_path / "c-cold")
+    cache = tmp_path / "c-warm"
+    proc = run_cli("rssn", "denoise", "--bg", str(bg), "--cache", str(cache), "--denoise-profile", "lc",
+                   "--workers", "2", "--quiet", check=True)
+    assert "denoised now    2" in proc.stderr
+    before = {p.name for p in (cache / "bm3d-lc").rglob("*.png")}
+    _compose(fg, bg, tmp_path / "warm", *args, cache=cache)
+    after = {p.name for p in (cache / "bm3d-lc").rglob("*.png")}
+    assert len(after - before) == 2  # only the two foregrounds were denoised: the backgrounds came from the cache
+    assert tree_digest(tmp_path / "cold") == tree_digest(tmp_path / "warm")
+    again = run_cli("rssn", "denoise", "--bg", str(bg), "--cache", str(cache), "--denoise-profile", "lc", "--quiet")
+    assert "already cached  2" in again.stderr

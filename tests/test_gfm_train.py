@@ -59,6 +59,13 @@ def test_overfits_a_few_real_photos(tmp_path):
     pred = read_matte(tmp_path / "pred" / "GT05.png")
     assert pred.shape == read_image(photo).shape[:2] and pred.maxval == 255
     assert read_image(tmp_path / "pred" / "rgba" / "GT05.png").shape[:2] == pred.shape
+    # gfm eval --checkpoint predicts with the same code and scores: over-fitted photos score well
+    proc = run_cli("gfm", "eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data),
+                   "--pred-out", str(tmp_path / "evalpred"), "--out-json", str(tmp_path / "e.json"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["count"] == 3 and sorted(p.name for p in (tmp_path / "evalpred").glob("*.png")) == [f"{n}.png" for n in PHOTOS]
+    assert doc["means"]["mse"] < 0.1
 
 
 @pytest.mark.slow
@@ -117,3 +124,18 @@ def test_offline_imagenet_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(PretrainedWeightsError, match="--pretrained PATH.*--pretrained none"):
         _resnet34("imagenet")
+
+
+def test_on_the_fly_composites_train_with_the_composition_loss(tmp_path):
+    from .helpers import make_tiny_set
+
+    fg, bg = make_tiny_set(tmp_path / "src", n_fg=2, n_bg=2, fg_hw=(96, 96), bg_hw=(120, 120))
+    proc = run_cli("gfm", "train", "--fg", str(fg), "--bg", str(bg), "--per-fg", "2", "--out", str(tmp_path / "run"),
+                   "--pretrained", "none", "--crop", "64", "--batch-size", "2", "--epochs", "2", "--quiet",
+                   "--denoise-p", "0", "--device", "cpu", "--cache", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(hist) == 2 and all(h["comp"] > 0 for h in hist)
+    steps = (tmp_path / "run" / "losses.csv").read_text().splitlines()
+    assert len(steps) == 1 + 2 * 2  # 4 composites a epoch in batches of 2
+    assert list((tmp_path / "cache").glob("fg-cf/*/*.png"))  # foreground estimates shared through the cache
