@@ -33,6 +33,18 @@ def check_output_folder(out: Path, inputs: dict[str, Path]) -> None:
             _fail_usage(f"the {name} folder {p} is inside --out {out}; choose an output folder that holds no inputs")
 
 
+def check_writable(out: Path) -> None:
+    """Create the output folder and prove it is writable, or stop with one line saying why."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".tmp-write-check-"):
+            pass
+    except OSError as exc:
+        _fail_usage(f"cannot write to {out}: {exc.strerror or exc}; choose a writable output folder")
+
+
 def _parse_kernels(value: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(v) for v in value.split(",") if v.strip())
@@ -116,7 +128,7 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
     Re-running the same command skips finished composites and makes the same bytes; a
     killed run resumes. Bad inputs are recorded in OUT/manifest.jsonl and the run goes on.
     """
-    from rssn.compose import ComposeConfig, run_compose
+    from rssn.compose import ComposeConfig, DiskFullError, run_compose
     from rssn.layout import LayoutError
 
     try:
@@ -124,12 +136,16 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
     except click.BadParameter as exc:
         _fail_usage(f"--blur-kernels {exc.message}")
     check_output_folder(out_dir, {"--fg": fg_dir, "--bg": bg_dir})
+    check_writable(out_dir)
     cfg = ComposeConfig(fg_dir=fg_dir, bg_dir=bg_dir, out_dir=out_dir, blur_kernels=kernels,
                         workers=workers or os.cpu_count() or 1, **opts)
     try:
         summary = run_compose(cfg, progress=not quiet)
     except (LayoutError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
+    except DiskFullError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
     s = summary
     click.echo(_summary_table([
         ("foregrounds", s.foregrounds), ("backgrounds", s.backgrounds),
@@ -252,6 +268,7 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
     if not src_dirs and not url_files:
         _fail_usage("give at least one --src folder or --urls file")
     check_output_folder(out_dir, {f"--src {d}": d for d in src_dirs})
+    check_writable(out_dir)
     cfg = BuildConfig(out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
                       screen=not no_screen, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
                       workers=workers or os.cpu_count() or 1, **opts)
@@ -339,6 +356,7 @@ def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, 
         _fail_usage("give at least one --data folder, or --fg and --bg")
     for d in (*data, *([fg_dir, bg_dir] if fg_dir else [])):
         check_output_folder(Path(out), {"--data/--fg/--bg": Path(d)})
+    check_writable(Path(out))
     route = (("fg_method", fg_method), ("denoise_p", denoise_p), ("denoise_profile", denoise_profile),
              *((("cache_dir", Path(cache_dir)),) if cache_dir else ()))
     cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, pretrained=pretrained, crop=crop,
@@ -383,6 +401,7 @@ def gfm_predict(checkpoint, input_path, out_dir, glance_scale, focus_scale, scal
     from gfm.train import pick_device
 
     check_output_folder(out_dir, {"--input": input_path if input_path.is_dir() else input_path.parent})
+    check_writable(out_dir)
     try:
         dev = pick_device(device)
         model = load_model(checkpoint, dev, backbone, rosta)

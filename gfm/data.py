@@ -64,8 +64,8 @@ def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]
 
 
 def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """Keep the samples whose files open and agree in size (headers only: cheap)."""
-    from rssn.imageio import pil_open
+    """Keep the samples whose files open and agree in (displayed) size; headers only: cheap."""
+    from rssn.imageio import exif_swaps_axes, open_checked
 
     good, bad = [], []
     for s in samples:
@@ -75,11 +75,10 @@ def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
                 p = getattr(s, kind)
                 if p is None:
                     continue
-                try:
-                    with pil_open(p) as im:
-                        sizes[kind] = im.size
-                except Exception as exc:
-                    raise ImageReadError(p, f"not a readable image ({exc.__class__.__name__})") from None
+                im = open_checked(p)
+                w, h = im.size
+                sizes[kind] = (h, w) if exif_swaps_axes(im) else (w, h)
+                im.close()
             if len(set(sizes.values())) > 1:
                 raise ImageReadError(s.alpha, f"sizes differ within the sample: {sizes}")
             good.append(s)

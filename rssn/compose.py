@@ -78,6 +78,10 @@ class ComposeConfig:
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
 
 
+class DiskFullError(OSError):
+    """The output disk is full: the run stops (it resumes once there is space)."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """One foreground and the (slot, background path) pairs still to make for it."""
@@ -361,14 +365,23 @@ def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dic
     """Schedule the units on ``cfg.workers`` processes; ``on_done`` gets each unit's records."""
     with _single_threaded_env(), process_pool(cfg.workers) as pool:
         futures = {pool.submit(compose_unit, u, cfg): u for u in units}
-        for fut in cf.as_completed(futures):
-            unit = futures[fut]
-            try:
-                records = fut.result()
-            except Exception as exc:  # a crashed worker fails its unit, not the run
-                records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
-                                    "foreground", unit.item.stem, slots=len(unit.slots))]
-            on_done(records)
+        try:
+            _collect(futures, on_done)
+        except BaseException:  # stop at once: no new unit starts
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _collect(futures: dict, on_done: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Hand each finished unit's records to ``on_done``, as units finish."""
+    for fut in cf.as_completed(futures):
+        unit = futures[fut]
+        try:
+            records = fut.result()
+        except Exception as exc:  # a crashed worker fails its unit, not the run
+            records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
+                                "foreground", unit.item.stem, slots=len(unit.slots))]
+        on_done(records)
 
 
 # ------------------------------------------------------------------ stage 3: record
@@ -397,6 +410,9 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
                 summary.made += 1
                 bar.update(1)
             else:
+                if "No space left on device" in rec["reason"]:
+                    raise DiskFullError(f"the disk of {cfg.out_dir} is full ({rec['reason']}); free some space "
+                                        "and run the same command again: it resumes where it stopped")
                 _record_failure(manifest, summary, rec)
                 bar.update(rec["slots"])
 
