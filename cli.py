@@ -98,10 +98,16 @@ def rssn() -> None:
 @click.option("--noise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of Gaussian noise on the composite.")
 @click.option("--noise-sigma", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Noise sigma on the 0-255 scale.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local processes, or tasks on a Ray cluster (same outputs).")
+@click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0), help="Ray: retries of a task whose worker died.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Cache of foreground estimates and BM3D results, shared by runs  [default: ~/.cache/gfm-toolkit]")
-@click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
-              help="Format of the composites in image/ (mattes, fg and bg are always PNG).")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webdataset"]), default="png", show_default=True,
+              help="Composites in image/ as PNG or JPEG (mattes, fg and bg are always PNG); webdataset also packs "
+                   "every sample into OUT/shards/shard-NNNNNN.tar.")
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per webdataset shard.")
 @click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9), help="PNG compression level (1 is fast).")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -236,6 +242,9 @@ def bg20k() -> None:
 @click.option("--decisions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of image id and keep/reject written after review; overrides the automatic verdicts.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode/resize processes  [default: all cores]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local processes, or tasks on a Ray cluster (same outputs).")
+@click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")
 @click.option("--download-workers", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds allowed for one download attempt, slow senders included.")
@@ -309,7 +318,8 @@ def gfm() -> None:
               help="Representation of semantic and transition area: trimap, foreground or background mask.")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="Encoder weights: imagenet (torchvision's; cached or downloaded), none, or a local .pth path.")
-@click.option("--crop", default=320, show_default=True, type=click.IntRange(min=32), help="Training size after the random 640/960/1280 crop.")
+@click.option("--crop", default=320, show_default=True, type=click.IntRange(min=64),
+              help="Training size after the random 640/960/1280 crop; a multiple of 32.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -328,10 +338,12 @@ def gfm() -> None:
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY)
 @click.option("--denoise-profile", type=click.Choice(["np", "lc", "refilter", "vn", "high", "deb"]), default="np", show_default=True)
 @click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
+@click.option("--digest-log", default=None,
+              help="Check for distributed runs: every rank appends (step, hash of its weights) to DIGEST_LOG.rankN.")
 @click.option("--quiet", is_flag=True)
 def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, lr, seed, workers, device, no_amp,
               val, max_steps_per_epoch, resume, fg_dir, bg_dir, per_fg, fg_method, denoise_p, denoise_profile,
-              cache_dir, quiet) -> None:
+              cache_dir, digest_log, quiet) -> None:
     """Train a GFM on photos with mattes or on `rssn compose` output.
 
     \b
@@ -346,12 +358,15 @@ def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, 
       gfm train --data comp --out runs/bt --rosta bt --pretrained ~/resnet34.pth
       gfm train --data comp --out runs/tt --resume auto     # after an interruption
       gfm train --fg AM-2k/train --bg bg20k/train --per-fg 5 --out runs/otf   # composites made on the fly
+      torchrun --standalone --nproc-per-node 4 $(which gfm) train --data comp --out runs/ddp
     """
     from gfm.model import PretrainedWeightsError
     from gfm.train import TrainConfig, run_train
 
     if bool(fg_dir) != bool(bg_dir):
         _fail_usage("--fg and --bg go together")
+    if crop % 32:
+        _fail_usage(f"--crop {crop}: must be a multiple of 32 (the encoder halves the size five times)")
     if not data and not fg_dir:
         _fail_usage("give at least one --data folder, or --fg and --bg")
     for d in (*data, *([fg_dir, bg_dir] if fg_dir else [])):
@@ -362,7 +377,7 @@ def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, 
     cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, pretrained=pretrained, crop=crop,
                       batch_size=batch_size, epochs=epochs, lr=lr, seed=seed, workers=workers, device=device,
                       amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume,
-                      fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route)
+                      fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route, digest_log=digest_log)
     if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
         _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
     try:

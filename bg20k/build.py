@@ -14,11 +14,9 @@ import concurrent.futures as cf
 import csv
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +57,8 @@ class BuildConfig:
     val_fraction: float = 0.25
     decisions: Path | None = None
     workers: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
     download_workers: int = 16
     timeout: float = 30.0
     max_bytes: int = 50_000_000
@@ -120,13 +120,6 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
     phash = hash_to_int(hasher(Image.fromarray(img)))
     return {"status": "candidate", "id": iid, "orig_size": [w, h], "size": [tw, th], "hash": f"{phash:016x}",
             "animated": animated}
-
-
-def _prepare_worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-    warnings.simplefilter("ignore")
 
 
 # ------------------------------------------------------------------ the run
@@ -195,22 +188,22 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
         if path is not None:
             jobs.append((s, path))
     if jobs:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_prepare_worker_init) as pool:
-            futs = {pool.submit(prepare_source, s, p, cfg): (s, p) for s, p in jobs}
-            for fut in tqdm(cf.as_completed(futs), total=len(futs), desc="prepare", unit="image",
-                            disable=not progress, dynamic_ncols=True):
-                s, p = futs[fut]
+        from rssn.executor import run_tasks
+
+        bar = tqdm(total=len(jobs), desc="prepare", unit="image", disable=not progress, dynamic_ncols=True)
+        for i, rec, exc in run_tasks(prepare_source, [(s, p, cfg) for s, p in jobs], workers=cfg.workers,
+                                     executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
+            s = jobs[i][0]
+            if exc is not None:  # a crashed worker fails this source, not the run
+                rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
+            manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec})
+            if s in fetched_paths:
                 try:
-                    rec = fut.result()
-                except Exception as exc:  # a crashed worker fails this source, not the run
-                    rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
-                manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec})
-                if s in fetched_paths:
-                    try:
-                        os.unlink(fetched_paths[s])
-                    except OSError:
-                        pass
+                    os.unlink(fetched_paths[s])
+                except OSError:
+                    pass
+            bar.update(1)
+        bar.close()
     stats.seconds["prepare"] = time.perf_counter() - t
     stats.items["prepare"] = len(jobs)
 
@@ -255,12 +248,11 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     floor = min(cfg.conf, 0.05)
     to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
     if to_screen:
-        detector = Detector(cfg.detector, cfg.imgsz)
+        detect = _detector(cfg)
         bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
         for k in range(0, len(to_screen), cfg.detect_batch):
             batch = to_screen[k : k + cfg.detect_batch]
-            images = [read_image(out / ".stage" / f"{i}.jpg") for i in batch]
-            for i, dets in zip(batch, detector.detect(images, floor)):
+            for i, dets in zip(batch, detect([str(out / ".stage" / f"{i}.jpg") for i in batch], floor)):
                 manifest.append({"key": f"detect:{i}", "type": "detections", "id": i, "detector": det_key,
                                  "min_conf": floor, "detections": [d.as_list() for d in dets]})
             bar.update(len(batch))
@@ -335,6 +327,27 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     write_review(out, [verdicts[i] for i in ids], failed)
     manifest.compact()
     return stats
+
+
+def _detector(cfg: BuildConfig):
+    """detect(paths, min_conf): in this process, or in a Ray actor (on a GPU when the cluster has one)."""
+    if cfg.executor != "ray":
+        return Detector(cfg.detector, cfg.imgsz).detect_paths
+    from rssn.executor import ensure_ray
+
+    from .screen import DetectorError
+
+    ray = ensure_ray(cfg.ray_address, cfg.workers)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    actor = ray.remote(num_gpus=gpus)(Detector).remote(cfg.detector, cfg.imgsz, "cuda:0" if gpus else "cpu")
+
+    def detect(paths: list[str], min_conf: float):
+        try:
+            return ray.get(actor.detect_paths.remote(paths, min_conf))
+        except Exception as exc:
+            raise DetectorError(str(exc).strip().splitlines()[-1]) from None
+
+    return detect
 
 
 def _neg(i: str) -> tuple:

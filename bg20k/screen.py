@@ -78,6 +78,12 @@ class Detector:
             ) from None
         self.names = dict(self.model.names)
 
+    def detect_paths(self, paths: list[str], min_conf: float) -> list[list[Detection]]:
+        """Detections for a batch of image files (so that a remote actor reads them itself)."""
+        from rssn.imageio import read_image
+
+        return self.detect([read_image(p) for p in paths], min_conf)
+
     def detect(self, images: list[np.ndarray], min_conf: float) -> list[list[Detection]]:
         """Detections for a batch of RGB uint8 images."""
         bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]

@@ -46,6 +46,18 @@ def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]
     fg and bg); otherwise it is photos with mattes (original|image + mask|alpha).
     """
     root = Path(folder)
+    tars = sorted(root.glob("*.tar")) or sorted((root / "shards").glob("*.tar"))
+    if tars:  # webdataset shards written by `rssn compose --format webdataset`
+        from rssn.shards import index_shards
+
+        samples, failures = [], []
+        for key, parts in sorted(index_shards(tars).items()):
+            missing = [k for k in ("image", "alpha") if k not in parts]
+            if missing:
+                failures.append((f"{tars[0].parent}/{key}", f"shard sample without {'/'.join(missing)}"))
+                continue
+            samples.append(Sample(key, parts["image"], parts["alpha"], parts.get("fg"), parts.get("bg")))
+        return samples, failures
     if all((root / d).is_dir() for d in ("image", "alpha", "fg", "bg")):
         parts = {d: _by_stem(root / d) for d in ("image", "alpha", "fg", "bg")}
         samples, failures = [], []
@@ -69,6 +81,9 @@ def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
 
     good, bad = [], []
     for s in samples:
+        if not isinstance(s.image, Path):  # shard members are checked when they are read
+            good.append(s)
+            continue
         try:
             sizes = {}
             for kind in ("image", "alpha", "fg", "bg"):
@@ -85,6 +100,11 @@ def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
         except ImageReadError as exc:
             bad.append((exc.path, exc.reason))
     return good, bad
+
+
+def _source(p):
+    """A path, or the bytes of a shard member (read now)."""
+    return p.load() if hasattr(p, "load") else p
 
 
 def choose_crop(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -135,12 +155,12 @@ class MattingDataset(Dataset):
     def _load(self, index: int) -> dict[str, torch.Tensor]:
         s = self.samples[index]
         rng = derive_rng(self.seed, "sample", self.epoch, index)
-        image = read_image(s.image)
-        alpha = read_matte(s.alpha).alpha
+        image = read_image(_source(s.image))
+        alpha = read_matte(_source(s.alpha)).alpha
         if alpha.shape != image.shape[:2]:
             raise ImageReadError(s.alpha, f"matte size {alpha.shape[::-1]} differs from the photo's {image.shape[1::-1]}")
-        fg = read_image(s.fg) if s.fg else None
-        bg = read_image(s.bg) if s.bg else None
+        fg = read_image(_source(s.fg)) if s.fg else None
+        bg = read_image(_source(s.bg)) if s.bg else None
         return self.augment(image, alpha, fg, bg, rng)
 
     def augment(self, image: np.ndarray, alpha: np.ndarray, fg: np.ndarray | None, bg: np.ndarray | None,

@@ -52,6 +52,7 @@ class TrainConfig:
     bg: str | None = None
     per_fg: int = 5
     route_options: tuple[tuple[str, Any], ...] = ()
+    digest_log: str | None = None  # every rank appends (step, hash of its weights) to DIGEST_LOG.rankN
 
     def model_config(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "rosta": self.rosta}
@@ -137,6 +138,20 @@ def evaluate(model, samples: list[Sample], device, max_side: int = 640) -> dict[
         sads.append(float(np.abs(pred - gt).sum() / 1000))
         mses.append(float(((pred - gt) ** 2).mean()))
     return {"val_sad": float(np.mean(sads)) if sads else float("nan"), "val_mse": float(np.mean(mses)) if mses else float("nan")}
+
+
+def weights_digest(model) -> str:
+    """sha256 over every parameter, in name order (to compare ranks). BatchNorm running
+    statistics are left out: each rank updates them from its own batch, and DDP broadcasts
+    rank 0's at the start of every forward pass."""
+    import hashlib
+
+    core = model.module if hasattr(model, "module") else model
+    h = hashlib.sha256()
+    for name, t in sorted(core.named_parameters()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
@@ -295,6 +310,9 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     def on_step(epoch: int, step: int, values: dict[str, float]) -> None:
         if is_main:
             rows.append({"epoch": epoch, "step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        if cfg.digest_log:
+            with open(f"{cfg.digest_log}.rank{rank}", "a") as f:
+                f.write(f"{step} {weights_digest(model)}\n")
 
     for epoch in range(state.epoch, cfg.epochs):
         dataset.set_epoch(epoch)

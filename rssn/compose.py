@@ -9,14 +9,11 @@ choice comes from a generator derived from (seed, foreground stem, slot).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,8 +59,12 @@ class ComposeConfig:
     noise_p: float = 0.5
     noise_sigma: float = 10.0
     workers: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
+    retries: int = 2
     cache_dir: Path | None = None
-    image_format: str = "png"
+    image_format: str = "png"  # png | jpg | webdataset (PNG files packed into tar shards at the end)
+    shard_size: int = 1000
     png_level: int = 1
     jpeg_quality: int = 95
 
@@ -333,52 +334,14 @@ def _failure(path: str, reason: str, scope: str, id: str | None = None, slots: i
 # ------------------------------------------------------------------ executor
 
 
-@contextmanager
-def _single_threaded_env() -> Iterator[None]:
-    """Spawned workers inherit one BLAS/OpenMP thread each: all cores busy, bytes stable."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-    old = {n: os.environ.get(n) for n in names}
-    os.environ.update({n: "1" for n in names})
-    try:
-        yield
-    finally:
-        for n, v in old.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-
-
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def process_pool(workers: int):
-    """Spawned worker processes with one BLAS/OpenCV thread each."""
-    ctx = mp.get_context("spawn")
-    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
-
-
 def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Schedule the units on ``cfg.workers`` processes; ``on_done`` gets each unit's records."""
-    with _single_threaded_env(), process_pool(cfg.workers) as pool:
-        futures = {pool.submit(compose_unit, u, cfg): u for u in units}
-        try:
-            _collect(futures, on_done)
-        except BaseException:  # stop at once: no new unit starts
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    """Schedule the units on the configured executor; ``on_done`` gets each unit's records."""
+    from .executor import run_tasks
 
-
-def _collect(futures: dict, on_done: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Hand each finished unit's records to ``on_done``, as units finish."""
-    for fut in cf.as_completed(futures):
-        unit = futures[fut]
-        try:
-            records = fut.result()
-        except Exception as exc:  # a crashed worker fails its unit, not the run
+    for i, records, exc in run_tasks(compose_unit, [(u, cfg) for u in units], workers=cfg.workers,
+                                     executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
+        if exc is not None:  # a crashed worker fails its unit, not the run
+            unit = units[i]
             records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
                                 "foreground", unit.item.stem, slots=len(unit.slots))]
         on_done(records)
@@ -421,6 +384,10 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
     finally:
         bar.close()
     manifest.compact()
+    if cfg.image_format == "webdataset":
+        from .shards import pack_shards
+
+        pack_shards(cfg.out_dir, manifest, cfg.shard_size)
     summary.seconds = time.perf_counter() - t0
     _write_summary(cfg, summary)
     return summary
@@ -469,10 +436,14 @@ def run_denoise(folder: Path, cache_root: Path, sigma: float | None, profile: st
     """Pre-compute the BM3D cache for every image below ``folder``, in parallel."""
     from tqdm import tqdm
 
+    from .executor import run_tasks
+
     paths = [str(p) for p in list_images(folder)]
     out = []
-    with _single_threaded_env(), process_pool(workers) as pool:
-        futs = [pool.submit(denoise_one, p, sigma, profile, str(cache_root)) for p in paths]
-        for fut in tqdm(cf.as_completed(futs), total=len(futs), unit="image", disable=not progress, dynamic_ncols=True):
-            out.append(fut.result())
+    bar = tqdm(total=len(paths), unit="image", disable=not progress, dynamic_ncols=True)
+    for i, rec, exc in run_tasks(denoise_one, [(p, sigma, profile, str(cache_root)) for p in paths], workers=workers):
+        out.append(rec if exc is None else {"key": f"failure:{paths[i]}", "type": "failure", "input": paths[i],
+                                            "reason": f"{exc.__class__.__name__}: {exc}"})
+        bar.update(1)
+    bar.close()
     return sorted(out, key=lambda r: r["input"])

@@ -46,6 +46,17 @@ class ImageReadError(ValueError):
 
 
 @dataclass(frozen=True)
+class MemoryFile:
+    """Image bytes with a name (a member of a tar shard, say), accepted wherever a path is."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
 class Matte:
     """An alpha matte: ``values`` as stored (uint8 or uint16, HxW) and ``maxval`` (255 or 65535)."""
 
@@ -89,7 +100,7 @@ def open_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = pil_open(path)
+            im = pil_open(io.BytesIO(path.data) if isinstance(path, MemoryFile) else path)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"too many pixels (decompression bomb?): {exc}") from None
     except FileNotFoundError:
@@ -112,6 +123,8 @@ def open_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) 
 
 
 def _size_or_none(path: str | os.PathLike) -> int | None:
+    if isinstance(path, MemoryFile):
+        return len(path.data)
     try:
         return os.path.getsize(path)
     except OSError:
@@ -193,8 +206,11 @@ def _to_rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
 def _png_bit_depth(path: str | os.PathLike) -> int | None:
     """Bit depth from a PNG's IHDR chunk, or None for other files."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(26)
+        if isinstance(path, MemoryFile):
+            head = path.data[:26]
+        else:
+            with open(path, "rb") as f:
+                head = f.read(26)
     except OSError:
         return None
     if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
@@ -257,7 +273,7 @@ def read_matte(
 def _read_matte_16(path: str | os.PathLike, max_pixels: int, rgb_tolerance: int) -> Matte:
     im = open_checked(path, max_pixels)  # size check only; OpenCV decodes 16-bit colour exactly
     im.close()
-    data = np.fromfile(str(path), dtype=np.uint8)
+    data = np.frombuffer(path.data, np.uint8) if isinstance(path, MemoryFile) else np.fromfile(str(path), dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageReadError(path, "cannot decode 16-bit PNG")

@@ -86,7 +86,7 @@ def test_gfm_train_predict_eval_on_the_bad_corpus(tmp_path):
     good, bad = write_photo_set(tmp_path / "data")
     run = tmp_path / "run"
     proc = run_cli("gfm", "train", "--data", str(tmp_path / "data"), "--out", str(run), "--pretrained", "none",
-                   "--crop", "32", "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--quiet", timeout=300)
+                   "--crop", "64", "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--quiet", timeout=300)
     assert proc.returncode == 0, proc.stderr
     for stem in bad:
         assert any(stem in line and "skip" in line for line in proc.stderr.splitlines()), stem

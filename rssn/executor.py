@@ -1,0 +1,89 @@
+"""Executors: they only schedule tasks and hand back results as tasks finish.
+
+``local``: spawned worker processes on this machine. ``ray``: tasks on a Ray cluster
+(``ray_address``; by default a local Ray instance is started), each retried a bounded
+number of times if its worker dies. Both run the same functions on the same work units, so
+their outputs are byte-identical. Workers get one BLAS / OpenMP thread each.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+SINGLE_THREAD_ENV = {n: "1" for n in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+EXECUTORS = ("local", "ray")
+
+
+@contextmanager
+def _single_threaded_env() -> Iterator[None]:
+    old = {n: os.environ.get(n) for n in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    try:
+        yield
+    finally:
+        for n, v in old.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+def _worker_init() -> None:
+    import warnings
+
+    import cv2
+
+    cv2.setNumThreads(1)
+    warnings.simplefilter("ignore")
+
+
+def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, workers: int, executor: str = "local",
+              ray_address: str | None = None, retries: int = 2) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """Run ``fn(*task)`` for every task; yield (task index, result, exception) as they finish."""
+    if not tasks:
+        return
+    if executor == "ray":
+        yield from _run_ray(fn, tasks, workers, ray_address, retries)
+        return
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
+    ctx = mp.get_context("spawn")
+    with _single_threaded_env(), cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
+        try:
+            for fut in cf.as_completed(futures):
+                exc = fut.exception()
+                yield futures[fut], (None if exc else fut.result()), exc
+        except BaseException:  # the consumer stopped (an error, a full disk): start nothing new
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def ensure_ray(ray_address: str | None, workers: int):
+    """Connect to ``ray_address``, or start a local Ray instance with ``workers`` CPUs."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"address": ray_address} if ray_address else {"num_cpus": workers}
+        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)}, **kw)
+    return ray
+
+
+def _run_ray(fn, tasks, workers, ray_address, retries):
+    ray = ensure_ray(ray_address, workers)
+    remote = ray.remote(max_retries=retries, retry_exceptions=False)(fn)
+    refs = {remote.remote(*t): i for i, t in enumerate(tasks)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            try:
+                yield refs[ref], ray.get(ref), None
+            except Exception as exc:  # a task that failed after its retries
+                yield refs[ref], None, exc
