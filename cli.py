@@ -56,6 +56,14 @@ def _parse_kernels(value: str) -> tuple[int, ...]:
 
 
 PROBABILITY = click.FloatRange(0.0, 1.0)
+BM3D_PROFILES = click.Choice(["np", "lc", "refilter", "vn", "high", "deb"])  # rssn.denoise.PROFILES
+
+
+def executor_options(f):
+    """--executor and --ray-address, shared by the commands that can run on Ray."""
+    f = click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")(f)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local processes, or tasks on a Ray cluster (same outputs).")(f)
 
 
 def _summary_table(rows: list[tuple[str, object]]) -> str:
@@ -91,16 +99,14 @@ def rssn() -> None:
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of BM3D on the foreground, and independently on the background.")
 @click.option("--denoise-sigma", default=None, type=click.FloatRange(min=0, min_open=True),
               help="BM3D noise level (0-255 scale); default: estimated from each image.")
-@click.option("--denoise-profile", type=click.Choice(["np", "lc", "refilter", "vn", "high", "deb"]), default="np",
+@click.option("--denoise-profile", type=BM3D_PROFILES, default="np",
               show_default=True, help="bm3d profile; lc is about twice as fast.")
 @click.option("--blur-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of the averaging filter on the background.")
 @click.option("--blur-kernels", default="20,30,40,50,60", show_default=True, help="Kernel sizes to draw from.")
 @click.option("--noise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of Gaussian noise on the composite.")
 @click.option("--noise-sigma", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Noise sigma on the 0-255 scale.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local processes, or tasks on a Ray cluster (same outputs).")
-@click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")
+@executor_options
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0), help="Ray: retries of a task whose worker died.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Cache of foreground estimates and BM3D results, shared by runs  [default: ~/.cache/gfm-toolkit]")
@@ -176,7 +182,7 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
               help="The cache `rssn compose --cache` reads  [default: ~/.cache/gfm-toolkit]")
 @click.option("--denoise-sigma", default=None, type=click.FloatRange(min=0, min_open=True),
               help="BM3D noise level (0-255 scale); default: estimated from each image.")
-@click.option("--denoise-profile", type=click.Choice(["np", "lc", "refilter", "vn", "high", "deb"]), default="np",
+@click.option("--denoise-profile", type=BM3D_PROFILES, default="np",
               show_default=True)
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
 @click.option("--quiet", is_flag=True)
@@ -242,9 +248,7 @@ def bg20k() -> None:
 @click.option("--decisions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of image id and keep/reject written after review; overrides the automatic verdicts.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode/resize processes  [default: all cores]")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local processes, or tasks on a Ray cluster (same outputs).")
-@click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")
+@executor_options
 @click.option("--download-workers", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds allowed for one download attempt, slow senders included.")
@@ -336,7 +340,7 @@ def gfm() -> None:
 @click.option("--per-fg", default=5, show_default=True, type=click.IntRange(min=1), help="With --fg: composites per foreground per epoch.")
 @click.option("--fg-method", type=click.Choice(["cf", "cf-full", "ml", "none"]), default="cf", show_default=True)
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY)
-@click.option("--denoise-profile", type=click.Choice(["np", "lc", "refilter", "vn", "high", "deb"]), default="np", show_default=True)
+@click.option("--denoise-profile", type=BM3D_PROFILES, default="np", show_default=True)
 @click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
 @click.option("--digest-log", default=None,
               help="Check for distributed runs: every rank appends (step, hash of its weights) to DIGEST_LOG.rankN.")
