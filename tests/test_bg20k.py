@@ -207,10 +207,14 @@ class FakeDetector:
     def __init__(self, *a, **k):
         pass
 
+    def detect_paths(self, paths, min_conf):
+        from rssn.imageio import read_image
+
+        return self.detect([read_image(p) for p in paths], min_conf)
+
     def detect(self, images, min_conf):
         out = []
-        for im in images:
-            # the spacecraft photo is the one that is 1080 px high and 1920 wide? identify by content instead:
+        for im in images:  # told apart by content: the dark image holds the "airplane"
             out.append([Detection("airplane", 0.9, (0.3, 0.2, 0.7, 0.6))] if im.mean() < FakeDetector.dark else
                        [Detection("bird", 0.95, (0.1, 0.1, 0.12, 0.12))])
         return out
