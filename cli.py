@@ -7,7 +7,6 @@ could be made, 2 for wrong arguments.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
