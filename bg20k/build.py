@@ -108,7 +108,7 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
                     "reason": f"too small: {w}x{h}, shorter side under {cfg.min_short_side}"}
         s = cfg.target_short_side / min(w, h)
         tw, th = max(1, round(w * s)), max(1, round(h * s))
-        img = read_image(path, min_size=(tw, th), max_pixels=cfg.max_pixels)
+        img = read_image(path, cover=(tw, th), max_pixels=cfg.max_pixels)
     except ImageReadError as exc:
         return {"status": "failed", "stage": "decode", "reason": exc.reason, "id": iid}
     import cv2

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rssn.imageio import ImageReadError, is_image_file, read_image, read_matte
-from rssn.layout import LayoutError, find_foregrounds
+from rssn.imageio import ImageReadError, read_image, read_matte
+from rssn.layout import LayoutError, files_by_stem, find_foregrounds
 from rssn.seeding import derive_rng
 
 from .losses import glance_targets
@@ -36,7 +36,7 @@ class Sample:
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_image_file(p.name)}
+    return files_by_stem(folder)[0]
 
 
 def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]]]:

@@ -18,7 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rssn.imageio import ImageReadError, Matte, atomic_write_bytes, is_image_file, read_matte, write_image
+from rssn.imageio import ImageReadError, Matte, atomic_write_bytes, read_matte, write_image
+from rssn.layout import files_by_stem
 
 from .metrics import METRIC_COLUMNS, evaluate_dim, evaluate_gfm
 
@@ -56,11 +57,7 @@ class EvalResult:
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and is_image_file(p.name):
-            out.setdefault(p.stem, p)
-    return out
+    return files_by_stem(folder)[0]
 
 
 def normalise_trimap(values: np.ndarray, path: str | Path) -> np.ndarray:

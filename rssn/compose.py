@@ -258,7 +258,7 @@ def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: st
         bg_src, sigma = denoise_cached(bg_src, cfg.denoise_sigma, cfg.denoise_profile, cache)
         ops.append({"op": "bm3d", "target": "bg", "sigma": sigma, "profile": cfg.denoise_profile})
     else:
-        bg_src = read_image(bg_path, min_size=_cover_request(bg_path, w, h))
+        bg_src = read_image(bg_path, cover=(w, h))
     bg, box, scaled = augment.fit_background(bg_src, h, w, p.crop_fx, p.crop_fy)
     if p.denoise_fg:
         fg, sigma = state.denoised()
@@ -305,20 +305,6 @@ def _compose_one(state: ForegroundState, cid: str, slot: int, bg_path: str,
         "ops": ops,
         "outputs": {k: _rel(v, out) for k, v in paths.items()},
     }
-
-
-def _cover_request(bg_path: str, w: int, h: int) -> tuple[int, int] | None:
-    """The smallest decode size of ``bg_path`` that still covers w x h after scaling."""
-    from .imageio import pil_open
-
-    try:
-        with pil_open(bg_path) as im:
-            bw, bh = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                bw, bh = bh, bw
-    except Exception:
-        return None  # read_image reports the problem
-    return augment.cover_size(bw, bh, w, h)
 
 
 def _reason(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ values) and their float32 version in [0, 1]. Every writer goes through
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 import warnings
@@ -151,21 +152,24 @@ def exif_swaps_axes(im: Image.Image) -> bool:
 def read_image(
     path: str | os.PathLike,
     *,
-    min_size: tuple[int, int] | None = None,
+    cover: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Read a photo as uint8 RGB (HxWx3), EXIF orientation applied.
 
-    ``min_size=(width, height)`` lets a JPEG be decoded at a reduced DCT scale that still
-    covers that size (after orientation): much faster for large photos that will be shrunk.
+    ``cover=(width, height)``: the image will be scaled (aspect kept) to cover that size, so a
+    JPEG may be decoded at a reduced DCT scale that still covers it: much faster for large
+    photos that will be shrunk.
     """
     im = open_checked(path, max_pixels)
     try:
-        if min_size is not None and im.format == "JPEG":
-            w, h = min_size
-            if exif_swaps_axes(im):
-                w, h = h, w
-            im.draft("RGB", (int(w), int(h)))
+        if cover is not None and im.format == "JPEG":
+            swapped = exif_swaps_axes(im)
+            sw, sh = im.size  # as stored
+            dw, dh = (sh, sw) if swapped else (sw, sh)  # as displayed
+            s = max(cover[0] / dw, cover[1] / dh)
+            need_w, need_h = math.ceil(dw * s - 1e-9), math.ceil(dh * s - 1e-9)
+            im.draft("RGB", (need_h, need_w) if swapped else (need_w, need_h))
         im = _load(im, path)
         return _to_rgb8(im, path)
     finally:

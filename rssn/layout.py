@@ -33,7 +33,8 @@ class InputFailure:
     reason: str
 
 
-def _files_by_stem(folder: Path) -> tuple[dict[str, Path], list[InputFailure]]:
+def files_by_stem(folder: Path) -> tuple[dict[str, Path], list[InputFailure]]:
+    """The image files directly in ``folder`` by stem; a second file with the same stem is a failure."""
     by_stem: dict[str, Path] = {}
     failures: list[InputFailure] = []
     for name in sorted(os.listdir(folder)):
@@ -93,10 +94,10 @@ def detect_layout(fg_dir: str | os.PathLike, layout: str = "auto") -> tuple[str,
 def find_foregrounds(fg_dir: str | os.PathLike, layout: str = "auto") -> tuple[list[ForegroundItem], list[InputFailure]]:
     """All foregrounds of ``fg_dir`` sorted by stem, and the inputs that cannot be paired."""
     kind, image_dir, matte_dir = detect_layout(fg_dir, layout)
-    images, failures = _files_by_stem(image_dir)
+    images, failures = files_by_stem(image_dir)
     if kind == "rgba":
         return [ForegroundItem(s, "rgba", p, None) for s, p in sorted(images.items())], failures
-    mattes, more = _files_by_stem(matte_dir)
+    mattes, more = files_by_stem(matte_dir)
     failures += more
     items = []
     for stem, p in sorted(images.items()):

@@ -121,7 +121,7 @@ def test_exif_orientation_applied(tmp_path):
 def test_reduced_jpeg_decode_still_covers(tmp_path):
     arr = np.random.default_rng(0).integers(0, 255, (800, 1200, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "big.jpg")
-    small = read_image(tmp_path / "big.jpg", min_size=(290, 190))
+    small = read_image(tmp_path / "big.jpg", cover=(290, 190))
     assert small.shape[0] >= 190 and small.shape[1] >= 290 and small.shape[0] < 800
 
 
