@@ -75,16 +75,19 @@ def test_resume_after_an_interrupted_epoch_gives_the_same_weights(tmp_path):
     _train(data, tmp_path / "ref", *args)
     out = tmp_path / "run"
     exe = Path(sys.executable).parent / "gfm"
+    digest = tmp_path / "steps"
     proc = subprocess.Popen([str(exe), "train", "--data", str(data), "--out", str(out), "--pretrained", "none",
-                             "--crop", "64", "--lr", "1e-3", "--quiet", "--device", "cpu", *args],
+                             "--crop", "64", "--lr", "1e-3", "--quiet", "--device", "cpu", *args,
+                             "--digest-log", str(digest)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     hist = out / "history.json"
+    steps = Path(f"{digest}.rank0")
     deadline = time.time() + 300
-    while time.time() < deadline:
-        if hist.exists() and len(json.loads(hist.read_text())) >= 2:
+    while time.time() < deadline and proc.poll() is None:
+        # 3 photos at batch 1: steps 1-6 are epochs 1-2; kill once the third epoch's first step is done
+        if steps.exists() and len(steps.read_text().splitlines()) >= 7:
             break
-        time.sleep(0.05)
-    time.sleep(0.4)  # into the third epoch
+        time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(json.loads(hist.read_text())) == 2, "the kill did not land in the third epoch"
