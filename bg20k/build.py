@@ -125,10 +125,9 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------ the run
 
 
-def _source_list(cfg: BuildConfig) -> tuple[list[tuple[str, str | None]], list[dict[str, Any]]]:
-    """(source, local path or None for URLs) for every source, and per-source problems."""
+def _source_list(cfg: BuildConfig) -> list[tuple[str, str | None]]:
+    """(source, local path or None for URLs) for every distinct source, in a stable order."""
     out: list[tuple[str, str | None]] = []
-    problems: list[dict[str, Any]] = []
     for d in cfg.src_dirs:
         out.extend((str(p), str(p)) for p in list_images(d))
     for f in cfg.url_files:
@@ -140,7 +139,7 @@ def _source_list(cfg: BuildConfig) -> tuple[list[tuple[str, str | None]], list[d
         if s not in seen:
             seen.add(s)
             uniq.append((s, p))
-    return uniq, problems
+    return uniq
 
 
 def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
@@ -154,7 +153,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     remove_stale_temporaries(out)
     manifest = Manifest(out / "manifest.jsonl")
     stats = Stats()
-    sources, _ = _source_list(cfg)
+    sources = _source_list(cfg)
 
     # -- fetch: URLs not yet prepared
     t = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rssn.imageio import ImageReadError, is_image_file, list_images, read_image, write_image
+from rssn.imageio import ImageReadError, list_images, read_image, write_image
 
 from .data import normalise
 from .model import GFM, collaborate
@@ -106,4 +106,4 @@ def run_predict(model: GFM, inputs: list[Path], out_dir: Path, device: torch.dev
 def collect_inputs(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return [p for p in list_images(path) if is_image_file(p.name)]
+    return list_images(path)  # already only image files

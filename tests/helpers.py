@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -42,3 +47,21 @@ def tree_digest(root: Path, exclude=("summary.json",), skip_dirs=("cache",)) -> 
         if p.is_file() and rel.parts[0] not in skip_dirs and p.name not in exclude:
             out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def kill_when(args: list[str], watch: Path, lines: int, timeout: float = 300, poll: float = 0.01) -> None:
+    """Run one of our console commands in its own session and SIGKILL the whole process group
+    once ``watch`` holds at least ``lines`` lines (or the command ended, or ``timeout`` passed)."""
+    exe = Path(sys.executable).parent / args[0]
+    proc = subprocess.Popen([str(exe), *args[1:]], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if watch.exists() and len(watch.read_bytes().splitlines()) >= lines:
+            break
+        time.sleep(poll)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +15,7 @@ from rssn.foreground import estimate_foreground_background
 from rssn.imageio import read_image, read_matte
 
 from .conftest import run_cli, shared
-from .helpers import make_tiny_set, tree_digest
+from .helpers import kill_when, make_tiny_set, tree_digest
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -116,18 +112,9 @@ def test_killed_run_resumes_to_the_same_files(tmp_path, kill_at):
     ref = tmp_path / "ref"
     _compose(fg, bg, ref, *args, workers=2)
     out = tmp_path / "killed"
-    exe = Path(sys.executable).parent / "rssn"
-    proc = subprocess.Popen([str(exe), "compose", "--fg", str(fg), "--bg", str(bg), "--out", str(out),
-                             "--quiet", "--workers", "2", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and len(manifest.read_bytes().splitlines()) >= kill_at:
-            break
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(["rssn", "compose", "--fg", str(fg), "--bg", str(bg), "--out", str(out), "--quiet", "--workers", "2",
+               *args], manifest, kill_at, timeout=120)
     time.sleep(0.3)
     done_before = len(manifest.read_bytes().splitlines())
     assert kill_at <= done_before < 32, "the kill did not land mid-run"

@@ -2,11 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -18,6 +13,7 @@ from gfm.train import load_checkpoint
 from rssn.imageio import read_image, read_matte
 
 from .conftest import run_cli, shared
+from .helpers import kill_when
 
 PHOTOS = ("GT01", "GT05", "GT12")
 
@@ -74,22 +70,12 @@ def test_resume_after_an_interrupted_epoch_gives_the_same_weights(tmp_path):
     args = ("--epochs", "3", "--batch-size", "1", "--seed", "5")
     _train(data, tmp_path / "ref", *args)
     out = tmp_path / "run"
-    exe = Path(sys.executable).parent / "gfm"
-    digest = tmp_path / "steps"
-    proc = subprocess.Popen([str(exe), "train", "--data", str(data), "--out", str(out), "--pretrained", "none",
-                             "--crop", "64", "--lr", "1e-3", "--quiet", "--device", "cpu", *args,
-                             "--digest-log", str(digest)],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     hist = out / "history.json"
-    steps = Path(f"{digest}.rank0")
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        # 3 photos at batch 1: steps 1-6 are epochs 1-2; kill once the third epoch's first step is done
-        if steps.exists() and len(steps.read_text().splitlines()) >= 7:
-            break
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    digest = tmp_path / "steps"
+    # 3 photos at batch 1: steps 1-6 are epochs 1-2; kill once the third epoch's first step is logged
+    kill_when(["gfm", "train", "--data", str(data), "--out", str(out), "--pretrained", "none", "--crop", "64",
+               "--lr", "1e-3", "--quiet", "--device", "cpu", *args, "--digest-log", str(digest)],
+              Path(f"{digest}.rank0"), 7, poll=0.005)
     assert len(json.loads(hist.read_text())) == 2, "the kill did not land in the third epoch"
     _train(data, out, *args, "--resume", "auto")
     a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(out / "last.pt")

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -17,7 +13,7 @@ import pytest
 
 from .badcorpus import write_flat_set, write_photo_set
 from .conftest import run_cli
-from .helpers import make_tiny_set, tree_digest
+from .helpers import kill_when, make_tiny_set, tree_digest
 
 BAD_REASONS = {
     "zero": "empty file",
@@ -136,18 +132,8 @@ def test_bg20k_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, seed):
             "--workers", "2", "--quiet"]
     run_cli("bg20k", "build", *args, "--out", str(tmp_path / "ref"), check=True)
     out = tmp_path / "killed"
-    exe = Path(sys.executable).parent / "bg20k"
-    proc = subprocess.Popen([str(exe), "build", *args, "--out", str(out)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.jsonl"
-    deadline = time.time() + 120
-    target = int(rng.integers(2, 12))
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and len(manifest.read_bytes().splitlines()) >= target:
-            break
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(["bg20k", "build", *args, "--out", str(out)], manifest, int(rng.integers(2, 12)), timeout=120)
     run_cli("bg20k", "build", *args, "--out", str(out), check=True)
     skip = ("stats.json", "review.html")
     a = {k: v for k, v in tree_digest(tmp_path / "ref", exclude=skip).items() if not k.startswith("review/")}
