@@ -13,6 +13,9 @@ from pathlib import Path
 
 import click
 
+from rssn.denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
+from rssn.denoise import PROFILES as DENOISE_PROFILES
+
 EXIT_OK, EXIT_NOTHING_MADE, EXIT_USAGE = 0, 1, 2
 
 
@@ -55,7 +58,7 @@ def _parse_kernels(value: str) -> tuple[int, ...]:
 
 
 PROBABILITY = click.FloatRange(0.0, 1.0)
-BM3D_PROFILES = click.Choice(["np", "lc", "refilter", "vn", "high", "deb"])  # rssn.denoise.PROFILES
+BM3D_PROFILES = click.Choice(list(DENOISE_PROFILES))
 
 
 def executor_options(f):
@@ -98,8 +101,9 @@ def rssn() -> None:
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of BM3D on the foreground, and independently on the background.")
 @click.option("--denoise-sigma", default=None, type=click.FloatRange(min=0, min_open=True),
               help="BM3D noise level (0-255 scale); default: estimated from each image.")
-@click.option("--denoise-profile", type=BM3D_PROFILES, default="np",
-              show_default=True, help="bm3d profile; lc is about twice as fast.")
+@click.option("--denoise-profile", type=BM3D_PROFILES, default=DEFAULT_DENOISE_PROFILE, show_default=True,
+              help="classic: white-noise BM3D as published; np: the bm3d package's default (exact variances "
+                   "for correlated noise, about 4x slower); lc: low complexity.")
 @click.option("--blur-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of the averaging filter on the background.")
 @click.option("--blur-kernels", default="20,30,40,50,60", show_default=True, help="Kernel sizes to draw from.")
 @click.option("--noise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of Gaussian noise on the composite.")
@@ -181,8 +185,8 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
               help="The cache `rssn compose --cache` reads  [default: ~/.cache/gfm-toolkit]")
 @click.option("--denoise-sigma", default=None, type=click.FloatRange(min=0, min_open=True),
               help="BM3D noise level (0-255 scale); default: estimated from each image.")
-@click.option("--denoise-profile", type=BM3D_PROFILES, default="np",
-              show_default=True)
+@click.option("--denoise-profile", type=BM3D_PROFILES, default=DEFAULT_DENOISE_PROFILE, show_default=True,
+              help="The profile the compose runs will use.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
 @click.option("--quiet", is_flag=True)
 def rssn_denoise(folder: Path, cache_dir: Path | None, denoise_sigma: float | None, denoise_profile: str,
@@ -339,7 +343,7 @@ def gfm() -> None:
 @click.option("--per-fg", default=5, show_default=True, type=click.IntRange(min=1), help="With --fg: composites per foreground per epoch.")
 @click.option("--fg-method", type=click.Choice(["cf", "cf-full", "ml", "none"]), default="cf", show_default=True)
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY)
-@click.option("--denoise-profile", type=BM3D_PROFILES, default="np", show_default=True)
+@click.option("--denoise-profile", type=BM3D_PROFILES, default=DEFAULT_DENOISE_PROFILE, show_default=True)
 @click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
 @click.option("--digest-log", default=None,
               help="Check for distributed runs: every rank appends (step, hash of its weights) to DIGEST_LOG.rankN.")

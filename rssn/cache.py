@@ -42,6 +42,9 @@ class ImageCache:
         assert self.root is not None
         return self.root / kind / key[:2] / f"{key}.png"
 
+    def has(self, kind: str, key: str) -> bool:
+        return self.root is not None and self._path(kind, key).exists()
+
     def get(self, kind: str, key: str) -> np.ndarray | None:
         if self.root is None:
             return None

@@ -19,6 +19,8 @@ import numpy as np
 
 from . import augment
 from .cache import ImageCache, content_key
+from .denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
+from .denoise import VERSION as DENOISE_VERSION
 from .denoise import bm3d_denoise, estimate_noise_sigma
 from .foreground import ALGORITHM_VERSION, estimate_foreground
 from .imageio import (
@@ -53,7 +55,7 @@ class ComposeConfig:
     layout: str = "auto"
     denoise_p: float = 0.5
     denoise_sigma: float | None = None  # None: estimated from each image
-    denoise_profile: str = "np"
+    denoise_profile: str = DEFAULT_DENOISE_PROFILE
     blur_p: float = 0.5
     blur_kernels: tuple[int, ...] = augment.PAPER_BLUR_KERNELS
     noise_p: float = 0.5
@@ -123,6 +125,11 @@ def default_cache_dir() -> Path:
 
 def composite_id(stem: str, slot: int) -> str:
     return f"{stem}_{slot:03d}"
+
+
+def composite_rng(seed: int, stem: str, slot: int) -> np.random.Generator:
+    """The generator of one composite; its first draw is :func:`augment.draw_params`."""
+    return derive_rng(seed, "composite", stem, slot)
 
 
 def assign_backgrounds(seed: int, stem: str, n_backgrounds: int, k: int) -> list[int]:
@@ -208,16 +215,29 @@ class ForegroundState:
         return self._denoised
 
 
+def _denoise_key(img: np.ndarray, sigma: float | None, profile: str) -> tuple[str, str, float]:
+    sigma = round(float(sigma if sigma is not None else estimate_noise_sigma(img)), 4)
+    return f"bm3d-{profile}", content_key(img, sigma, DENOISE_VERSION), sigma
+
+
 def denoise_cached(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache) -> tuple[np.ndarray, float]:
     """BM3D of ``img`` at ``sigma`` (None: estimated from the image), through the content cache."""
-    sigma = round(float(sigma if sigma is not None else estimate_noise_sigma(img)), 4)
-    kind = f"bm3d-{profile}"
-    key = content_key(img, sigma)
+    kind, key, sigma = _denoise_key(img, sigma, profile)
     out = cache.get(kind, key)
     if out is None:
         out = bm3d_denoise(img, sigma, profile)
         cache.put(kind, key, out)
     return out, sigma
+
+
+def ensure_denoised(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache) -> tuple[bool, float]:
+    """Put BM3D of ``img`` in the cache unless it is there (no decoding of a hit);
+    returns (computed now, sigma used)."""
+    kind, key, sigma = _denoise_key(img, sigma, profile)
+    if cache.has(kind, key):
+        return False, sigma
+    cache.put(kind, key, bm3d_denoise(img, sigma, profile))
+    return True, sigma
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -280,8 +300,8 @@ def _compose_one(state: ForegroundState, cid: str, slot: int, bg_path: str,
                  probs: augment.RouteProbabilities, cache: ImageCache) -> dict[str, Any]:
     cfg = state.cfg
     h, w = state.matte.shape
-    rng = derive_rng(cfg.seed, "composite", state.item.stem, slot)
-    image, fg, bg, ops, box, scaled = make_composite(state, rng, bg_path, probs, cache)
+    image, fg, bg, ops, box, scaled = make_composite(state, composite_rng(cfg.seed, state.item.stem, slot),
+                                                     bg_path, probs, cache)
 
     out = cfg.out_dir
     ext = ".jpg" if cfg.image_format == "jpg" else ".png"
@@ -320,17 +340,69 @@ def _failure(path: str, reason: str, scope: str, id: str | None = None, slots: i
 # ------------------------------------------------------------------ executor
 
 
-def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Schedule the units on the configured executor; ``on_done`` gets each unit's records."""
-    from .executor import run_tasks
+def shared_work(units: list[Unit], cfg: ComposeConfig) -> list[tuple[str, Any]]:
+    """The per-image work the units' composites will draw, each distinct image once:
+    ("fg", item) estimates a foreground and denoises it, ("bg", path) denoises a background.
+    The draws are the composites' own (:func:`composite_rng`), so nothing unused is denoised."""
+    probs = cfg.probabilities
+    fgs: list[tuple[str, Any]] = []
+    bgs: dict[str, None] = {}
+    for unit in units:
+        wants_fg = False
+        for slot, bg_path in unit.slots:
+            p = augment.draw_params(composite_rng(cfg.seed, unit.item.stem, slot), probs)
+            wants_fg |= p.denoise_fg
+            if p.denoise_bg:
+                bgs.setdefault(bg_path)
+        if wants_fg:
+            fgs.append(("fg", unit.item))
+    return fgs + [("bg", b) for b in bgs]
 
-    for i, records, exc in run_tasks(compose_unit, [(u, cfg) for u in units], workers=cfg.workers,
-                                     executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
-        if exc is not None:  # a crashed worker fails its unit, not the run
-            unit = units[i]
-            records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
-                                "foreground", unit.item.stem, slots=len(unit.slots))]
-        on_done(records)
+
+def prepare_shared(kind: str, target: Any, cfg: ComposeConfig) -> str:
+    """Do one piece of shared work into the cache; failures are left to the composites that
+    need it (they record them against the right file)."""
+    cache = ImageCache(cfg.cache_root)
+    try:
+        if kind == "fg":
+            state = ForegroundState(target, cfg, cache)
+            ensure_denoised(state.fg8, cfg.denoise_sigma, cfg.denoise_profile, cache)
+        else:
+            ensure_denoised(read_image(target), cfg.denoise_sigma, cfg.denoise_profile, cache)
+    except (ImageReadError, ValueError, OSError) as exc:
+        return _reason(exc)
+    return "ok"
+
+
+def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None],
+              on_shared: Callable[[int], None] | None = None, chunk: int | None = None) -> None:
+    """Schedule the units on the configured executor; ``on_done`` gets each unit's records.
+
+    Units go in chunks; for each chunk the shared per-image work (foreground estimates and
+    BM3D, the slow part) runs first as one flat list of tasks, so every worker stays busy and
+    no image is denoised twice at the same time; then the chunk's composites, which find it all
+    in the cache. ``on_shared(n)`` is called with the chunk's count of shared tasks, then with
+    -1 as each one finishes.
+    """
+    from .executor import Executor
+
+    chunk = chunk or max(32, 8 * cfg.workers)
+    with Executor(cfg.workers, cfg.executor, cfg.ray_address, cfg.retries) as ex:
+        for start in range(0, len(units), chunk):
+            part = units[start:start + chunk]
+            if cfg.denoise_p > 0 and cfg.route != "plain":
+                shared = shared_work(part, cfg)
+                if on_shared:
+                    on_shared(len(shared))
+                for _ in ex.run(prepare_shared, [(k, t, cfg) for k, t in shared]):
+                    if on_shared:
+                        on_shared(-1)
+            for i, records, exc in ex.run(compose_unit, [(u, cfg) for u in part]):
+                if exc is not None:  # a crashed worker fails its unit, not the run
+                    unit = part[i]
+                    records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
+                                        "foreground", unit.item.stem, slots=len(unit.slots))]
+                on_done(records)
 
 
 # ------------------------------------------------------------------ stage 3: record
@@ -348,7 +420,16 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
     for f in input_failures:
         _record_failure(manifest, summary, _failure(f.path, f.reason, "input"))
 
-    bar = tqdm(total=sum(len(u.slots) for u in units), unit="composite", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(u.slots) for u in units), unit="composite", disable=not progress, dynamic_ncols=True,
+               desc="composites")
+    prep = tqdm(total=0, unit="image", disable=not progress, dynamic_ncols=True, position=1, leave=False,
+                desc="estimate/denoise")
+
+    def on_shared(n: int) -> None:
+        if n >= 0:
+            prep.reset(total=n)
+        else:
+            prep.update(1)
 
     def on_done(records: list[dict[str, Any]]) -> None:
         for rec in records:
@@ -366,8 +447,9 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
                 bar.update(rec["slots"])
 
     try:
-        run_units(units, cfg, on_done)
+        run_units(units, cfg, on_done, on_shared)
     finally:
+        prep.close()
         bar.close()
     manifest.compact()
     if cfg.image_format == "webdataset":
@@ -405,16 +487,13 @@ def _write_summary(cfg: ComposeConfig, summary: Summary) -> None:
 def denoise_one(path: str, sigma: float | None, profile: str, cache_root: str) -> dict[str, Any]:
     """Denoise one background into the cache exactly as `rssn compose` would (whole image)."""
     t = time.perf_counter()
-    cache = ImageCache(cache_root)
     try:
         img = read_image(path)
     except ImageReadError as exc:
         return {"key": f"failure:{path}", "type": "failure", "input": path, "reason": exc.reason}
-    key = content_key(img, round(float(sigma if sigma is not None else estimate_noise_sigma(img)), 4))
-    hit = cache.get(f"bm3d-{profile}", key) is not None
-    _, used = denoise_cached(img, sigma, profile, cache)
-    return {"key": f"denoised:{path}", "type": "denoised", "input": path, "sigma": used, "profile": profile,
-            "cached_before": hit, "seconds": round(time.perf_counter() - t, 2)}
+    computed, used = ensure_denoised(img, sigma, profile, ImageCache(cache_root))
+    return {"key": f"denoised:{path}", "type": "denoised", "input": path, "sigma": used,
+            "profile": profile, "cached_before": not computed, "seconds": round(time.perf_counter() - t, 2)}
 
 
 def run_denoise(folder: Path, cache_root: Path, sigma: float | None, profile: str, workers: int,

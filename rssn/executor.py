@@ -40,26 +40,55 @@ def _worker_init() -> None:
     warnings.simplefilter("ignore")
 
 
-def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, workers: int, executor: str = "local",
-              ray_address: str | None = None, retries: int = 2) -> Iterator[tuple[int, Any, BaseException | None]]:
-    """Run ``fn(*task)`` for every task; yield (task index, result, exception) as they finish."""
-    if not tasks:
-        return
-    if executor == "ray":
-        yield from _run_ray(fn, tasks, workers, ray_address, retries)
-        return
-    if executor != "local":
-        raise ValueError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
-    ctx = mp.get_context("spawn")
-    with _single_threaded_env(), cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+class Executor:
+    """Runs batches of tasks on one pool (local processes or Ray) that lives as long as the
+    ``with`` block, so a run's stages share it instead of each starting its own."""
+
+    def __init__(self, workers: int, executor: str = "local", ray_address: str | None = None, retries: int = 2):
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
+        self.workers, self.executor, self.ray_address, self.retries = workers, executor, ray_address, retries
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+            self._pool = None
+
+    def _local_pool(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            with _single_threaded_env():  # spawned workers inherit the environment at start
+                self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                    initializer=_worker_init)
+        return self._pool
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any, BaseException | None]]:
+        """Run ``fn(*task)`` for every task; yield (task index, result, exception) as they finish."""
+        if not tasks:
+            return
+        if self.executor == "ray":
+            yield from _run_ray(fn, tasks, self.workers, self.ray_address, self.retries)
+            return
+        pool = self._local_pool()
         futures = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
         try:
             for fut in cf.as_completed(futures):
                 exc = fut.exception()
                 yield futures[fut], (None if exc else fut.result()), exc
         except BaseException:  # the consumer stopped (an error, a full disk): start nothing new
-            pool.shutdown(wait=False, cancel_futures=True)
+            for fut in futures:
+                fut.cancel()
             raise
+
+
+def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, workers: int, executor: str = "local",
+              ray_address: str | None = None, retries: int = 2) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """Run ``fn(*task)`` for every task on a pool of its own; yield (index, result, exception)."""
+    with Executor(workers, executor, ray_address, retries) as ex:
+        yield from ex.run(fn, tasks)
 
 
 def ensure_ray(ray_address: str | None, workers: int):
