@@ -193,8 +193,9 @@ def rssn_denoise(folder: Path, cache_dir: Path | None, denoise_sigma: float | No
                  workers: int | None, quiet: bool) -> None:
     """Pre-compute BM3D of every background into the cache that `rssn compose` reads.
 
-    BM3D takes about two minutes per 1080p image on one core; run this once on a background
-    set (in parallel, or on a bigger machine) and every later compose run finds the results.
+    BM3D takes about 45 s per 1080p image on one core (profile classic; np about 4x longer);
+    run this once on a background set (in parallel, or on a bigger machine) and every later
+    compose run finds the results.
     Use the same --denoise-sigma and --denoise-profile as the compose runs.
 
     \b

@@ -197,21 +197,29 @@ def test_other_layouts_fg_alpha_and_rgba(tmp_path):
     assert [r["ops"] for r in recs] == [[{"op": "foreground", "method": "ml"}, {"op": "blend"}]] * 2
 
 
-def test_band_closed_form_matches_the_converged_full_solve():
-    """The band solve against pymatting's full solve at a converged tolerance, on a real photo."""
+@pytest.mark.parametrize("photo, max_diff", [("GT04", 3.0), ("GT16", 3.0), ("GT02", None)])
+def test_band_closed_form_matches_the_converged_full_solve(photo, max_diff):
+    """The band solve against pymatting's full solve at a converged tolerance, on real photos
+    360 px high: what is blended, alpha * |F - F_full|, within 1 grey level at the 99.9th
+    percentile and 3 anywhere. GT02's maximum is left out: a few pockets of alpha 0.97 inside
+    its foreground have a background the full system leaves almost free (about -2 on a 0-1
+    scale), and there the two solves differ by up to 10 grey levels."""
     from pymatting import estimate_foreground_cf
 
     from rssn.closed_form_band import estimate_foreground_cf_band, transition_band
 
     am = shared("alphamatting")
-    img = cv2.imread(str(am / "image" / "GT04.png"))[..., ::-1]
-    a = cv2.imread(str(am / "alpha" / "GT04.png"), cv2.IMREAD_GRAYSCALE)
-    img = cv2.resize(img, (330, 216), interpolation=cv2.INTER_AREA) / 255.0
-    a = cv2.resize(a, (330, 216), interpolation=cv2.INTER_AREA) / 255.0
+    img = cv2.imread(str(am / "image" / f"{photo}.png"))[..., ::-1]
+    a = cv2.imread(str(am / "alpha" / f"{photo}.png"), cv2.IMREAD_GRAYSCALE)
+    size = (round(img.shape[1] * 360 / img.shape[0]), 360)
+    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA) / 255.0
+    a = cv2.resize(a, size, interpolation=cv2.INTER_AREA) / 255.0
     full = estimate_foreground_cf(img, a, rtol=1e-8)
     f, b = estimate_foreground_cf_band(img, a, return_background=True)
     d = a[..., None] * np.abs(f - full) * 255
-    assert np.percentile(d, 99.9) <= 1.0 and d.max() <= 3.0, (np.percentile(d, 99.9), d.max())
+    assert np.percentile(d, 99.9) <= 1.0, np.percentile(d, 99.9)
+    if max_diff is not None:
+        assert d.max() <= max_diff, d.max()
     outside = ~transition_band(a, 3)
     np.testing.assert_array_equal(f[outside & (a == 1)], img[outside & (a == 1)])  # F is the photo where opaque
     np.testing.assert_array_equal(b[outside & (a == 0)], img[outside & (a == 0)])  # B is the photo where clear
