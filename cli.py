@@ -103,7 +103,7 @@ def rssn() -> None:
               help="BM3D noise level (0-255 scale); default: estimated from each image.")
 @click.option("--denoise-profile", type=BM3D_PROFILES, default=DEFAULT_DENOISE_PROFILE, show_default=True,
               help="classic: white-noise BM3D as published; np: the bm3d package's default (exact variances "
-                   "for correlated noise, about 4x slower); lc: low complexity.")
+                   "for correlated noise, 4.5x slower); lc: low complexity.")
 @click.option("--blur-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of the averaging filter on the background.")
 @click.option("--blur-kernels", default="20,30,40,50,60", show_default=True, help="Kernel sizes to draw from.")
 @click.option("--noise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of Gaussian noise on the composite.")
@@ -193,7 +193,7 @@ def rssn_denoise(folder: Path, cache_dir: Path | None, denoise_sigma: float | No
                  workers: int | None, quiet: bool) -> None:
     """Pre-compute BM3D of every background into the cache that `rssn compose` reads.
 
-    BM3D takes about 45 s per 1080p image on one core (profile classic; np about 4x longer);
+    BM3D takes about 50 s per 1080p image on one core (profile classic; np 4.5x longer);
     run this once on a background set (in parallel, or on a bigger machine) and every later
     compose run finds the results.
     Use the same --denoise-sigma and --denoise-profile as the compose runs.
