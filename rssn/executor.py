@@ -60,9 +60,8 @@ class Executor:
 
     def _local_pool(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
-            with _single_threaded_env():  # spawned workers inherit the environment at start
-                self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                                    initializer=_worker_init)
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                initializer=_worker_init)
         return self._pool
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any, BaseException | None]]:
@@ -73,7 +72,8 @@ class Executor:
             yield from _run_ray(fn, tasks, self.workers, self.ray_address, self.retries)
             return
         pool = self._local_pool()
-        futures = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
+        with _single_threaded_env():  # workers start on submit and inherit the environment then
+            futures = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
         try:
             for fut in cf.as_completed(futures):
                 exc = fut.exception()

@@ -97,3 +97,25 @@ def test_ray_executor_gives_the_same_files_and_manifests(tmp_path):
     a = tree_digest(tmp_path / "bg-local", exclude=skip)
     b = tree_digest(tmp_path / "bg-ray", exclude=skip)
     assert a == b and any(k.startswith("train/") for k in a)
+
+
+def _worker_env() -> tuple[str | None, int]:
+    import os
+
+    return os.environ.get("OMP_NUM_THREADS"), os.getpid()
+
+
+def test_local_executor_workers_are_single_threaded_in_every_batch():
+    """One pool serves a run's stages; every worker it starts, in any batch, gets one BLAS /
+    OpenMP thread (two workers each with all cores' threads would oversubscribe the machine)."""
+    import os
+
+    from rssn.executor import Executor
+
+    before = os.environ.get("OMP_NUM_THREADS")
+    with Executor(2) as ex:
+        first = [r for _, r, e in ex.run(_worker_env, [()] * 4)]
+        second = [r for _, r, e in ex.run(_worker_env, [()] * 4)]
+    assert {t for t, _ in first + second} == {"1"}
+    assert len({p for _, p in first + second}) <= 2  # one pool of two workers, not one per batch
+    assert os.environ.get("OMP_NUM_THREADS") == before  # the parent's environment is restored
