@@ -45,6 +45,9 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # rebuilt from (path, reason) when a worker process sends it back
+        return type(self), (self.path, self.reason)
+
 
 @dataclass(frozen=True)
 class MemoryFile:

@@ -195,3 +195,18 @@ def test_real_alphamatting_files():
     t = read_matte(root / "trimap1" / "GT01.png")  # a palette PNG
     assert set(np.unique(t.values)) <= {0, 128, 255} and (t.values == 128).any()
     assert read_image(root / "image" / "GT01.png").shape[:2] == m.shape
+
+
+def test_read_error_crosses_process_boundaries(tmp_path):
+    """A worker that raises ImageReadError sends it back pickled; it must arrive whole (an
+    exception that cannot be rebuilt breaks the whole process pool, not just its task)."""
+    import pickle
+
+    from rssn.executor import run_tasks
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    err = pickle.loads(pickle.dumps(ImageReadError(bad, "cannot decode")))
+    assert (err.path, err.reason, str(err)) == (str(bad), "cannot decode", f"{bad}: cannot decode")
+    results = list(run_tasks(read_image, [(str(bad),), (str(bad),)], workers=2))
+    assert len(results) == 2 and all(isinstance(e, ImageReadError) and e.path == str(bad) for _, _, e in results)
