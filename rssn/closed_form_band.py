@@ -117,16 +117,16 @@ def cg_columns(A, B: np.ndarray, X0: np.ndarray, factor, rtol: float, maxiter: i
     pymatting's ``cg`` would run it, stopping at ||r|| < rtol ||b||), run in lockstep so each
     iteration reads A and the incomplete Cholesky factor once for all columns."""
     Lv, Lr, Lp = factor.Ltuple
+    Lr, Lp = Lr.astype(np.int64, copy=False), Lp.astype(np.int64, copy=False)
 
     def precondition(R: np.ndarray) -> np.ndarray:
-        Z = np.ascontiguousarray(R)
-        Z = Z.copy() if Z is R else Z
-        _ichol_solve_inplace(Lv, Lr.astype(np.int64, copy=False), Lp.astype(np.int64, copy=False), Z)
+        Z = np.array(R, order="C")  # a contiguous copy, solved in place
+        _ichol_solve_inplace(Lv, Lr, Lp, Z)
         return Z
 
     X = X0.copy()
     R = B - A @ X
-    limit = (rtol * np.sqrt(np.einsum("ij,ij->j", B, B))) ** 2
+    limit = rtol**2 * np.einsum("ij,ij->j", B, B)  # on squared norms
     active = np.einsum("ij,ij->j", R, R) >= limit
     Z = precondition(R)
     P = Z.copy()
@@ -165,7 +165,7 @@ def estimate_foreground_cf_band(image: np.ndarray, alpha: np.ndarray, *, margin:
     alpha = np.asarray(alpha, dtype=np.float64)
     if image.ndim != 3 or image.shape[:2] != alpha.shape:
         raise ValueError(f"image {image.shape} and alpha {alpha.shape} do not match")
-    h, w, d = image.shape
+    d = image.shape[2]
     band = transition_band(alpha, margin)
     f0, b0 = estimate_foreground_ml(image, alpha, return_background=True)
     # Outside the band: the photo for F where alpha = 1 and for B where alpha = 0 (the band's
@@ -177,7 +177,7 @@ def estimate_foreground_cf_band(image: np.ndarray, alpha: np.ndarray, *, margin:
     if not band.any():
         return (fg, bg) if return_background else fg
     A, flat_band, (side_f, other_f, wgt_f), (side_b, other_b, wgt_b), m = _band_system(alpha, band, regularization)
-    precondition = ichol(A.tocsc(), discard_threshold=discard_threshold)
+    factor = ichol(A.tocsc(), discard_threshold=discard_threshold)
     a = alpha.ravel()[flat_band]
     flat_img = image.reshape(-1, d)
     flat_fg, flat_bg = fg.reshape(-1, d), bg.reshape(-1, d)
@@ -191,7 +191,7 @@ def estimate_foreground_cf_band(image: np.ndarray, alpha: np.ndarray, *, margin:
     x0 = np.empty((2 * m, d))
     x0[0::2] = f0.reshape(-1, d)[flat_band]
     x0[1::2] = b0.reshape(-1, d)[flat_band]
-    x = cg_columns(A, b, x0, precondition, rtol)
+    x = cg_columns(A, b, x0, factor, rtol)
     flat_fg[flat_band] = x[0::2]
     flat_bg[flat_band] = x[1::2]
     fg = np.clip(fg, 0, 1)

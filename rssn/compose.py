@@ -359,19 +359,12 @@ def shared_work(units: list[Unit], cfg: ComposeConfig) -> list[tuple[str, Any]]:
     return fgs + [("bg", b) for b in bgs]
 
 
-def prepare_shared(kind: str, target: Any, cfg: ComposeConfig) -> str:
-    """Do one piece of shared work into the cache; failures are left to the composites that
-    need it (they record them against the right file)."""
+def prepare_shared(kind: str, target: Any, cfg: ComposeConfig) -> None:
+    """Do one piece of shared work into the cache. A failure here is not recorded: the
+    composites that need the image meet it again and record it against the right file."""
     cache = ImageCache(cfg.cache_root)
-    try:
-        if kind == "fg":
-            state = ForegroundState(target, cfg, cache)
-            ensure_denoised(state.fg8, cfg.denoise_sigma, cfg.denoise_profile, cache)
-        else:
-            ensure_denoised(read_image(target), cfg.denoise_sigma, cfg.denoise_profile, cache)
-    except (ImageReadError, ValueError, OSError) as exc:
-        return _reason(exc)
-    return "ok"
+    img = ForegroundState(target, cfg, cache).fg8 if kind == "fg" else read_image(target)
+    ensure_denoised(img, cfg.denoise_sigma, cfg.denoise_profile, cache)
 
 
 def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None],
@@ -390,11 +383,11 @@ def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dic
     with Executor(cfg.workers, cfg.executor, cfg.ray_address, cfg.retries) as ex:
         for start in range(0, len(units), chunk):
             part = units[start:start + chunk]
-            if cfg.denoise_p > 0 and cfg.route != "plain":
+            if cfg.probabilities.denoise_p > 0:
                 shared = shared_work(part, cfg)
                 if on_shared:
                     on_shared(len(shared))
-                for _ in ex.run(prepare_shared, [(k, t, cfg) for k, t in shared]):
+                for _ in ex.run(prepare_shared, [(k, t, cfg) for k, t in shared]):  # failures: see prepare_shared
                     if on_shared:
                         on_shared(-1)
             for i, records, exc in ex.run(compose_unit, [(u, cfg) for u in part]):

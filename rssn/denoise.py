@@ -33,8 +33,9 @@ def bm3d_profile(name: str):
     """The bm3d profile object for ``name``, single-threaded.
 
     bm3d's multi-threaded aggregation adds in a varying order, so its result depends on the
-    thread count (differences of 1e-5 that flip a rounding now and then). One thread gives the
-    same bytes on every machine; the executors run several images at once instead.
+    thread count (differences up to about 5e-5 on the 0-1 scale, which can flip a rounding to
+    8 bits). One thread gives the same bytes on every machine; the executors run several images
+    at once instead.
     """
     import bm3d
 
