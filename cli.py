@@ -7,6 +7,7 @@ could be made, 2 for wrong arguments.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -24,11 +25,23 @@ def _fail_usage(msg: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def check_output_folder(out: Path, inputs: dict[str, Path]) -> None:
-    """The output folder may not equal, contain or sit inside an input folder."""
+def check_output_folder(out: Path, inputs: dict[str, Path], outputs_of_file=None) -> None:
+    """The output folder may not equal, contain or sit inside an input folder.
+
+    A file input is the file, not its folder: it is refused only when the output folder is that
+    file, or when one of ``outputs_of_file(out, file)`` (the paths the command would write for
+    it) is the file itself.
+    """
     o = out.resolve()
     for name, p in inputs.items():
         i = p.resolve()
+        if p.is_file():
+            if o == i:
+                _fail_usage(f"--out {out} is the {name} file {p}; choose an output folder")
+            for written in (outputs_of_file(out, p) if outputs_of_file else ()):
+                if written.resolve() == i:
+                    _fail_usage(f"writing {written} would overwrite the {name} file {p}; choose another --out")
+            continue
         if o == i or i in o.parents:
             _fail_usage(f"--out {out} is inside the {name} folder {p}; choose an output folder outside the inputs")
         if o in i.parents:
@@ -47,6 +60,40 @@ def check_writable(out: Path) -> None:
         _fail_usage(f"cannot write to {out}: {exc.strerror or exc}; choose a writable output folder")
 
 
+def overwrite_option(f):
+    """--overwrite [move|delete]: what to do with outputs of other settings in --out."""
+    return click.option("--overwrite", type=click.Choice(["move", "delete"]), default=None, is_flag=False,
+                        flag_value="move",
+                        help="When --out holds outputs made with other settings: move them aside "
+                             "(OUT.old-TIMESTAMP, the default of a bare --overwrite) or delete them. "
+                             "Without it such a re-run stops before any work.")(f)
+
+
+@contextlib.contextmanager
+def claimed_output(out: Path, command: str, settings: dict, *, may_grow: tuple[str, ...] = (),
+                   may_change: tuple[str, ...] = (), overwrite: str | None = None):
+    """Hold OUT/.lock for the run and check (then record) the settings that decide its bytes;
+    a busy folder or changed settings stop the command with exit 2 before any work."""
+    from rssn.outdir import OutputFolderBusy, SettingsChanged, check_settings, output_lock
+
+    try:
+        lock = output_lock(out, command)
+        lock.__enter__()
+    except OutputFolderBusy as exc:
+        _fail_usage(str(exc))
+    try:
+        try:
+            message = check_settings(out, command, settings, may_grow=may_grow, may_change=may_change,
+                                     overwrite=overwrite)
+        except SettingsChanged as exc:
+            _fail_usage(str(exc))
+        if message:
+            click.echo(message, err=True)
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 def _parse_kernels(value: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(v) for v in value.split(",") if v.strip())
@@ -58,6 +105,8 @@ def _parse_kernels(value: str) -> tuple[int, ...]:
 
 
 PROBABILITY = click.FloatRange(0.0, 1.0)
+BACKBONE_CHOICES = ["r34", "r34_2b", "r101", "d121"]  # gfm.model.BACKBONES (not imported: torch loads slowly)
+ROSTA_CHOICES = ["tt", "ft", "bt", "rim"]
 BM3D_PROFILES = click.Choice(list(DENOISE_PROFILES))
 
 
@@ -66,6 +115,14 @@ def executor_options(f):
     f = click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")(f)
     return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                         help="local processes, or tasks on a Ray cluster (same outputs).")(f)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    import json
+
+    from rssn.imageio import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
 def _summary_table(rows: list[tuple[str, object]]) -> str:
@@ -119,9 +176,10 @@ def rssn() -> None:
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per webdataset shard.")
 @click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9), help="PNG compression level (1 is fast).")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100))
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, workers: int | None,
-                 quiet: bool, **opts) -> None:
+                 overwrite: str | None, quiet: bool, **opts) -> None:
     """Composite every foreground over K backgrounds with the RSSN route.
 
     \b
@@ -141,7 +199,10 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
       rssn compose --fg fgs --bg bgs --out abl --blur-p 1 --noise-p 0   # an ablation
 
     Re-running the same command skips finished composites and makes the same bytes; a
-    killed run resumes. Bad inputs are recorded in OUT/manifest.jsonl and the run goes on.
+    killed run resumes; more foregrounds or a larger --per-fg only add composites. A re-run
+    with any other setting that changes the bytes stops before any work and names it
+    (or --overwrite). One run per --out at a time. Bad inputs are recorded in
+    OUT/manifest.jsonl and the run goes on.
     """
     from rssn.compose import ComposeConfig, DiskFullError, run_compose
     from rssn.layout import LayoutError
@@ -154,8 +215,11 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
     check_writable(out_dir)
     cfg = ComposeConfig(fg_dir=fg_dir, bg_dir=bg_dir, out_dir=out_dir, blur_kernels=kernels,
                         workers=workers or os.cpu_count() or 1, **opts)
+    from rssn.compose import byte_settings
+
     try:
-        summary = run_compose(cfg, progress=not quiet)
+        with claimed_output(out_dir, "rssn compose", byte_settings(cfg), may_grow=("per_fg",), overwrite=overwrite):
+            summary = run_compose(cfg, progress=not quiet)
     except (LayoutError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
     except DiskFullError as exc:
@@ -259,8 +323,9 @@ def bg20k() -> None:
 @click.option("--max-bytes", default=50_000_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-redirects", default=5, show_default=True, type=click.IntRange(min=0))
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0))
+@overwrite_option
 @click.option("--quiet", is_flag=True)
-def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, workers, quiet, **opts) -> None:
+def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, workers, overwrite, quiet, **opts) -> None:
     """Build OUT/train and OUT/testval from folders and/or URL lists.
 
     \b
@@ -271,7 +336,9 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
       4. YOLO screening: reject a listed class with conf >= --conf covering >= --min-box-fraction
       5. train / testval split by a stable hash of the content
     Also OUT/stats.json and OUT/review.html (a contact sheet for the manual check).
-    Running again with more sources only processes what is new; a killed run resumes.
+    Running again with more sources, a decisions file or other screening thresholds (--classes,
+    --conf, --min-box-fraction: recomputed from the stored detections) only processes what is
+    new; a killed run resumes; any other changed setting stops before any work (or --overwrite).
 
     \b
     Examples:
@@ -289,8 +356,13 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
     cfg = BuildConfig(out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
                       screen=not no_screen, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
                       workers=workers or os.cpu_count() or 1, **opts)
+    from bg20k.build import byte_settings
+
     try:
-        stats = run_build(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        with claimed_output(out_dir, "bg20k build", byte_settings(cfg),
+                            may_change=("src_dirs", "url_files", "classes", "conf", "min_box_fraction", "decisions"),
+                            overwrite=overwrite):
+            stats = run_build(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except DetectorError as exc:
         _fail_usage(str(exc))
     except ValueError as exc:
@@ -321,15 +393,23 @@ def gfm() -> None:
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Photos with mattes (original|image + mask|alpha) or `rssn compose` output; repeatable.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder: last.pt, losses.csv, loss_curves.png, history.json.")
-@click.option("--backbone", type=click.Choice(["r34", "r34_2b"]), default="r34", show_default=True)
-@click.option("--rosta", type=click.Choice(["tt", "ft", "bt"]), default="tt", show_default=True,
-              help="Representation of semantic and transition area: trimap, foreground or background mask.")
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="r34", show_default=True,
+              help="Encoder: ResNet-34, ResNet-34 with two extra blocks, ResNet-101 or DenseNet-121.")
+@click.option("--rosta", type=click.Choice(ROSTA_CHOICES), default="tt", show_default=True,
+              help="Representation of semantic and transition area: trimap, foreground or background mask, "
+                   "or rim (all three and the RoSTa Integration Module).")
+@click.option("--decoder", type=click.Choice(["glance-focus", "single"]), default="glance-focus", show_default=True,
+              help="Ablation (Table 4): single = one decoder for both tasks.")
+@click.option("--no-ppm", is_flag=True, help="Ablation: no pyramid pooling module in the glance decoder.")
+@click.option("--no-bridge", is_flag=True, help="Ablation: no bridge block before the focus decoder.")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="Encoder weights: imagenet (torchvision's; cached or downloaded), none, or a local .pth path.")
 @click.option("--crop", default=320, show_default=True, type=click.IntRange(min=64),
               help="Training size after the random 640/960/1280 crop; a multiple of 32.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Per process. [default: on CUDA the paper's: 32 for r34 and r34_2b, 8 for r101, 4 for d121; on CPU 4]")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="The paper trains 500 epochs on photos (ORI-Track) and 100 on composites (COMP-Track).")
 @click.option("--lr", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Data-loader worker processes.")
@@ -337,7 +417,10 @@ def gfm() -> None:
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation photos with mattes: SAD and MSE every epoch.")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap the steps of each epoch.")
-@click.option("--resume", default=None, help="A checkpoint to continue from, or 'auto' for OUT/last.pt when present.")
+@click.option("--resume", default=None, is_flag=False, flag_value="auto",
+              help="Continue from a checkpoint; --resume alone (or 'auto') means OUT/last.pt when present.")
+@click.option("--photo-fgbg/--no-photo-fgbg", default=True, show_default=True,
+              help="Closed-form F and B for photos (cached), so photos get the composition loss too.")
 @click.option("--fg", "fg_dir", type=click.Path(exists=True, file_okay=False),
               help="With --bg: foregrounds (any `rssn compose` layout) composited on the fly with the RSSN route.")
 @click.option("--bg", "bg_dir", type=click.Path(exists=True, file_okay=False), help="Backgrounds for --fg.")
@@ -348,28 +431,33 @@ def gfm() -> None:
 @click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
 @click.option("--digest-log", default=None,
               help="Check for distributed runs: every rank appends (step, hash of its weights) to DIGEST_LOG.rankN.")
+@overwrite_option
 @click.option("--quiet", is_flag=True)
-def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, lr, seed, workers, device, no_amp,
-              val, max_steps_per_epoch, resume, fg_dir, bg_dir, per_fg, fg_method, denoise_p, denoise_profile,
-              cache_dir, digest_log, quiet) -> None:
-    """Train a GFM on photos with mattes or on `rssn compose` output.
+def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained, crop, batch_size, epochs, lr, seed,
+              workers, device, no_amp, val, max_steps_per_epoch, resume, photo_fgbg, fg_dir, bg_dir, per_fg, fg_method,
+              denoise_p, denoise_profile, cache_dir, digest_log, overwrite, quiet) -> None:
+    """Train a GFM (the authors' network) on photos with mattes or on `rssn compose` output.
 
     \b
-    Loss: cross-entropy on the glance logits + focus alpha and Laplacian losses in the
-    transition area + alpha, Laplacian and composition losses on the collaborative matte.
-    A checkpoint (OUT/last.pt) is written atomically after every epoch; --resume auto
-    continues exactly where an interrupted run stopped.
+    Loss (Eq. 6 of the paper): cross-entropy on the glance logits + focus alpha and Laplacian
+    losses where the glance map leaves alpha undecided + alpha, Laplacian and composition
+    losses on the collaborative matte (photos get closed-form F and B). RIM: those three for
+    each RoSTa head plus the collaborative loss on the RIM output. Adam, lr 1e-5 as the paper.
+    A checkpoint (OUT/last.pt) is written atomically after every epoch; --resume continues
+    exactly where an interrupted run stopped.
 
     \b
     Examples:
       gfm train --data comp --data AM-2k/train --out runs/tt --epochs 100
       gfm train --data comp --out runs/bt --rosta bt --pretrained ~/resnet34.pth
-      gfm train --data comp --out runs/tt --resume auto     # after an interruption
+      gfm train --data comp --out runs/tt --resume          # after an interruption
+      gfm train --data AM-2k/train --out runs/rim --backbone d121 --rosta rim
+      gfm train --data comp --out runs/ablate --no-ppm      # Table 4 ablation
       gfm train --fg AM-2k/train --bg bg20k/train --per-fg 5 --out runs/otf   # composites made on the fly
       torchrun --standalone --nproc-per-node 4 $(which gfm) train --data comp --out runs/ddp
     """
     from gfm.model import PretrainedWeightsError
-    from gfm.train import TrainConfig, run_train
+    from gfm.train import TrainConfig, default_batch_size, pick_device, run_train
 
     if bool(fg_dir) != bool(bg_dir):
         _fail_usage("--fg and --bg go together")
@@ -382,14 +470,30 @@ def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, 
     check_writable(Path(out))
     route = (("fg_method", fg_method), ("denoise_p", denoise_p), ("denoise_profile", denoise_profile),
              *((("cache_dir", Path(cache_dir)),) if cache_dir else ()))
-    cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, pretrained=pretrained, crop=crop,
-                      batch_size=batch_size, epochs=epochs, lr=lr, seed=seed, workers=workers, device=device,
+    if batch_size is None:
+        try:
+            dev_type = pick_device(device).type
+        except RuntimeError as exc:
+            _fail_usage(str(exc))
+        batch_size = default_batch_size(backbone, dev_type)
+    cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, decoder=decoder, ppm=not no_ppm,
+                      bridge=not no_bridge, pretrained=pretrained, crop=crop,
+                      batch_size=batch_size, epochs=epochs, photo_fgbg=photo_fgbg, cache_dir=cache_dir, lr=lr, seed=seed, workers=workers, device=device,
                       amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume,
                       fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route, digest_log=digest_log)
     if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
         _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
+    if resume and overwrite:
+        _fail_usage("--resume continues the run in --out, --overwrite clears it: give one of them")
+    rank0 = os.environ.get("RANK", "0") == "0"
+    last = Path(out) / "last.pt"
+    if rank0 and last.exists() and not resume and not overwrite:
+        _fail_usage(f"{out} holds a training run ({last}); pass --resume to continue it, --overwrite to start "
+                    "afresh (the old run is moved aside), or choose another --out")
+    guard = claimed_output(Path(out), "gfm train", {}, overwrite=overwrite) if rank0 else contextlib.nullcontext()
     try:
-        state = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        with guard:
+            state = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except PretrainedWeightsError as exc:
         _fail_usage(str(exc))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -399,44 +503,222 @@ def gfm_train(data, out, backbone, rosta, pretrained, crop, batch_size, epochs, 
 
 
 @gfm.command("predict")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A gfm checkpoint (trained, or made by `gfm import-official`); repeat for the EN-median ensemble.")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=Path), help="An image or a folder of images.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--glance-scale", default=1 / 3, show_default="1/3", type=click.FloatRange(0, 4, min_open=True))
 @click.option("--focus-scale", default=1 / 2, show_default="1/2", type=click.FloatRange(0, 4, min_open=True))
-@click.option("--scale", default=None, type=click.FloatRange(0, 4, min_open=True), help="One pass at this scale instead (the paper's 0.385).")
-@click.option("--max-side", default=None, type=click.IntRange(min=32), help="Cap the longer side of the network input.")
+@click.option("--scale", default=None, type=click.FloatRange(0, 4, min_open=True),
+              help="One pass at this scale instead (the authors' RESIZE test: 0.5).")
+@click.option("--max-side", default=1600, show_default=True, type=click.IntRange(min=0),
+              help="Cap the longer side of each network pass (the authors' 1600); 0 lifts the cap.")
 @click.option("--rgba", is_flag=True, help="Also write RGBA cut-outs to OUT/rgba/.")
-@click.option("--backbone", type=click.Choice(["r34", "r34_2b"]), default=None, help="Check the checkpoint has this backbone.")
-@click.option("--rosta", type=click.Choice(["tt", "ft", "bt"]), default=None, help="Check the checkpoint has this RoSTa.")
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None, help="Check the checkpoint has this backbone.")
+@click.option("--rosta", type=click.Choice(ROSTA_CHOICES), default=None, help="Check the checkpoint has this RoSTa.")
 @click.option("--device", default="auto", show_default=True)
+@overwrite_option
 @click.option("--quiet", is_flag=True)
-def gfm_predict(checkpoint, input_path, out_dir, glance_scale, focus_scale, scale, max_side, rgba, backbone, rosta,
-                device, quiet) -> None:
-    """Predict alpha mattes (8-bit PNG at the input size) with a trained GFM.
+def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, scale, max_side, rgba, backbone, rosta,
+                device, overwrite, quiet) -> None:
+    """Predict alpha mattes (8-bit PNG at the input size) with GFM, by the authors' test protocol.
+
+    \b
+    Glance from a pass at 1/3 of the size, focus from a pass at 1/2 (each side rounded down to
+    a multiple of 32, the longer side at most --max-side); RIM one pass at 1/3. Several
+    --checkpoint: the pixel-wise median of their mattes (the paper's EN-median).
 
     \b
     Examples:
       gfm predict --checkpoint runs/tt/last.pt --input photos/ --out mattes/
-      gfm predict --checkpoint runs/tt/last.pt --input me.jpg --out cut/ --rgba --scale 0.385
+      gfm predict --checkpoint runs/tt/last.pt --input me.jpg --out cut/ --rgba --scale 0.5
+      gfm import-official --weights gfm_r34_tt.pth --backbone r34 --rosta tt --out r34_tt.pt
+      gfm predict --checkpoint r34_tt.pt --checkpoint r34_ft.pt --checkpoint r34_bt.pt --input photos/ --out en/
     """
-    from gfm.predict import collect_inputs, load_model, run_predict
+    from gfm.checkpoint import load_model
+    from gfm.predict import collect_inputs, run_predict
     from gfm.train import pick_device
 
-    check_output_folder(out_dir, {"--input": input_path if input_path.is_dir() else input_path.parent})
+    check_output_folder(out_dir, {"--input": input_path},
+                        lambda o, f: (o / f"{f.stem}.png", o / "rgba" / f"{f.stem}.png"))
     check_writable(out_dir)
     try:
         dev = pick_device(device)
-        model = load_model(checkpoint, dev, backbone, rosta)
+        models = [load_model(c, dev, backbone, rosta) for c in checkpoints]
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail_usage(str(exc))
-    res = run_predict(model, collect_inputs(input_path), out_dir, dev, rgba=rgba, progress=not quiet,
-                      glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side)
-    click.echo(f"{len(res.written)} mattes written to {out_dir}, {len(res.failures)} failed, {res.seconds:.1f} s", err=True)
+    settings = {"checkpoints": [Path(c) for c in checkpoints], "glance_scale": glance_scale,
+                "focus_scale": focus_scale, "scale": scale, "max_side": max_side}
+    with claimed_output(out_dir, "gfm predict", settings, overwrite=overwrite):
+        res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, progress=not quiet,
+                          glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side or None)
+        _write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
+                                               "written": len(res.written), "failures": res.failures,
+                                               "seconds": round(res.seconds, 3), "peak_memory_mb": round(res.peak_memory_mb, 1),
+                                               "device": str(dev)})
+    click.echo(f"{len(res.written)} mattes written to {out_dir}, {len(res.failures)} failed, {res.seconds:.1f} s, "
+               f"peak memory {res.peak_memory_mb:.0f} MiB", err=True)
     for f in res.failures:
         click.echo(f"  failed: {f['file']}: {f['reason']}", err=True)
     if not res.written:
         sys.exit(EXIT_NOTHING_MADE)
+
+
+@gfm.command("experiment")
+@click.option("--fg", "fg_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Training foregrounds, any `rssn compose` layout (photos with mattes for the ori arm).")
+@click.option("--bg", "bg_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Backgrounds (e.g. bg20k build's train/).")
+@click.option("--val", "val_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Real photos with mattes to evaluate every arm on.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--arms", "arm_names", default="plain,blur,denoise,noise,rssn", show_default=True,
+              help="Default arms to run (Table 4), comma-separated; add ori for the ORI-Track.")
+@click.option("--arm", "extra_arms", multiple=True,
+              help="NAME='rssn compose options': adds or replaces an arm, e.g. coco='--route plain --bg coco/'.")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1), help="Seeds per arm (seed, seed+1, ...).")
+@click.option("--per-fg", default=5, show_default=True, type=click.IntRange(min=1), help="Composites per foreground.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="r34", show_default=True)
+@click.option("--rosta", type=click.Choice(ROSTA_CHOICES), default="tt", show_default=True)
+@click.option("--pretrained", default="imagenet", show_default=True, help="imagenet, none or a local .pth path.")
+@click.option("--crop", default=320, show_default=True, type=click.IntRange(min=64))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="[default: as gfm train]")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Compose processes  [default: all cores]")
+@click.option("--denoise-profile", type=BM3D_PROFILES, default=None, help="BM3D profile for every arm.")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True)
+def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repeats, per_fg, seed, backbone, rosta,
+                   pretrained, crop, batch_size, epochs, lr, max_steps_per_epoch, device, workers, denoise_profile,
+                   cache_dir, quiet) -> None:
+    """The paper's COMP-Track and RSSN ablation on your data: compose, train, evaluate each arm.
+
+    \b
+    Arms (Table 4): plain (alpha blending only), blur, denoise, noise (one RSSN step each at
+    p=0.5), rssn (all); ori trains on the foreground photos themselves. Every arm trains the
+    same model with the same seed, schedule and number of samples, then the last and the best
+    (validation SAD) checkpoints are scored on --val with the GFM protocol.
+    Outputs: OUT/results.csv, results.md (the paper's table), results.png, experiment.json,
+    and every arm's compose and run folders under OUT/arms/. A killed experiment resumes:
+    run the same command again. Under torchrun each arm's training is distributed.
+
+    \b
+    Examples:
+      gfm experiment --fg AM-2k/train --bg bg20k/train --val AM-2k/validation --out exp --epochs 100
+      gfm experiment --fg fgs --bg bg20k/train --val real --out exp --arms plain,rssn,ori --repeats 3
+      gfm experiment --fg fgs --bg bg20k/train --val real --out exp --arms rssn --arm coco='--route plain --bg coco/'
+    """
+    from gfm.experiment import ExperimentConfig, default_arms, parse_arm, run_experiment, with_arms
+    from gfm.train import default_batch_size, pick_device
+
+    try:
+        arms = default_arms([a.strip() for a in arm_names.split(",") if a.strip()])
+        for text in extra_arms:
+            name, overrides = parse_arm(text)
+            arms = [(n, o) for n, o in arms if n != name] + [(name, overrides)]
+        dev = pick_device(device)
+    except (ValueError, RuntimeError) as exc:
+        _fail_usage(str(exc))
+    if not arms:
+        _fail_usage("no arm to run: give --arms and/or --arm")
+    if crop % 32:
+        _fail_usage(f"--crop {crop}: must be a multiple of 32")
+    check_output_folder(out_dir, {"--fg": fg_dir, "--bg": bg_dir, "--val": val_dir})
+    check_writable(out_dir)
+    cfg = with_arms(ExperimentConfig(fg=fg_dir, bg=bg_dir, val=val_dir, out=out_dir, arms=(), repeats=repeats,
+                                     per_fg=per_fg, seed=seed, compose_workers=workers or os.cpu_count() or 1,
+                                     cache_dir=cache_dir, denoise_profile=denoise_profile, backbone=backbone,
+                                     rosta=rosta, pretrained=pretrained, crop=crop,
+                                     batch_size=batch_size or default_batch_size(backbone, dev.type), epochs=epochs,
+                                     lr=lr, max_steps_per_epoch=max_steps_per_epoch, device=device), arms)
+    settings = {k: v for k, v in cfg.__dict__.items() if k not in ("compose_workers", "device")}
+    guard = claimed_output(out_dir, "gfm experiment", settings, may_grow=("repeats",), may_change=("arms",)) \
+        if os.environ.get("RANK", "0") == "0" \
+        else contextlib.nullcontext()
+    try:
+        with guard:
+            run_experiment(cfg, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo((out_dir / "results.md").read_text(), err=True)
+
+
+@gfm.command("import-official")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="An official GFM checkpoint (a plain state_dict from JizhiziLi/GFM).")
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), required=True)
+@click.option("--rosta", type=click.Choice(ROSTA_CHOICES), required=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The gfm checkpoint to write (for gfm predict and gfm eval --checkpoint).")
+def gfm_import_official(weights, backbone, rosta, out_path) -> None:
+    """Convert one of the authors' published GFM models into a gfm checkpoint.
+
+    \b
+    Every key of the file must be used: a wrong --backbone or --rosta is an error naming the
+    missing and unexpected keys. The checkpoint records that the network takes RGB on the
+    0-255 scale without ImageNet normalisation, as the authors' models do; gfm predict then
+    follows the authors' test protocol, on CPU or CUDA.
+
+    \b
+    Examples:
+      gfm import-official --weights gfm_r34_tt.pth --backbone r34 --rosta tt --out r34_tt.pt
+      gfm import-official --weights gfm_d121_rim.pth --backbone d121 --rosta rim --out d121_rim.pt
+    """
+    from gfm.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from gfm.model import count_parameters
+    from gfm.official import OfficialWeightsError, load_official
+
+    try:
+        model = load_official(weights, backbone, rosta)
+    except (OfficialWeightsError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    check_writable(out_path.parent if str(out_path.parent) else Path("."))
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config.to_dict(),
+                     "source": {"official_weights": str(Path(weights).resolve()), "backbone": backbone, "rosta": rosta}},
+                    out_path)
+    click.echo(f"GFM {backbone}/{rosta}, {count_parameters(model):,} parameters, written to {out_path}", err=True)
+
+
+@gfm.command("profile")
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="r34", show_default=True)
+@click.option("--rosta", type=click.Choice(ROSTA_CHOICES), default="tt", show_default=True)
+@click.option("--size", default=800, show_default=True, type=click.IntRange(min=32), help="Input side in pixels.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Timed forward passes.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def gfm_profile(backbone, rosta, size, repeats, device, as_json) -> None:
+    """Parameters, GMacs and seconds per image of a GFM (the paper's Table 7).
+
+    \b
+    GMacs count the multiply-accumulates of convolutions and linear layers for one
+    SIZE x SIZE image; time is the median of --repeats forward passes after one warm-up,
+    on the chosen device, random weights (speed does not depend on them).
+
+    \b
+    Examples:
+      gfm profile                           # r34 TT, 800x800, on CUDA when present
+      gfm profile --backbone d121 --rosta rim --device cpu --json
+    """
+    import json as _json
+
+    from gfm.profile import profile_model
+    from gfm.train import pick_device
+
+    try:
+        dev = pick_device(device)
+    except RuntimeError as exc:
+        _fail_usage(str(exc))
+    r = profile_model(backbone, rosta, size, repeats, dev)
+    if as_json:
+        click.echo(_json.dumps(r))
+    else:
+        click.echo(_summary_table([(k, v) for k, v in r.items()]))
 
 
 @gfm.command("eval")
@@ -486,8 +768,9 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
     if checkpoint is not None:
         if data_dir is None or pred_dir is not None:
             _fail_usage("--checkpoint needs --data (photos with mattes) and no --pred")
+        from gfm.checkpoint import load_model
         from gfm.data import find_samples
-        from gfm.predict import load_model, run_predict
+        from gfm.predict import run_predict
         from gfm.train import pick_device
         from rssn.layout import LayoutError
 

@@ -67,6 +67,15 @@ class BuildConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
+RUN_ONLY_SETTINGS = ("out_dir", "workers", "executor", "ray_address", "download_workers", "timeout", "max_bytes",
+                     "max_redirects", "retries", "detect_batch")
+
+
+def byte_settings(cfg: BuildConfig) -> dict:
+    """The settings that decide what the set holds (recorded in OUT/settings.json)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_SETTINGS}
+
+
 @dataclass
 class Stats:
     counts: Counter = field(default_factory=Counter)

@@ -1,12 +1,21 @@
-"""Bounded HTTP(S) downloads: only http and https, a total time limit per attempt, a size
-cap, a bounded number of redirects (each checked for its scheme) and bounded retries with
-back-off. Every outcome is returned, never raised."""
+"""Bounded HTTP(S) downloads: only http and https, a wall-clock deadline per attempt whatever
+the sender's rate, a size cap, a bounded number of redirects (each checked for its scheme) and
+bounded retries with back-off. Every outcome is returned, never raised.
+
+The deadline: each connection an attempt opens (redirects included) is registered with a timer
+that shuts its socket down when the attempt's time is up, so a server that drips its headers or
+body one byte at a time, or sends headers and then stalls, cannot hold a read past it. A server
+that never answers the TCP handshake is bounded by the connect timeout (the remaining time).
+One URL therefore takes at most (retries + 1) x timeout plus the back-off sleeps.
+"""
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +62,71 @@ def _redirect_handler(max_redirects: int) -> urllib.request.HTTPRedirectHandler:
     return Handler()
 
 
+class _Deadline:
+    """Shuts down every socket registered with it once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float):
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(self.at - time.monotonic(), 0.001)
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for s in self._socks:
+                _shutdown(s)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
+    """HTTP and HTTPS handlers whose connections register their sockets with ``deadline`` and
+    connect within the time that is left."""
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.timeout = deadline.remaining()
+            super().connect()
+            deadline.register(self.sock)
+
+    class SecureConn(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            self.timeout = deadline.remaining()
+            super().connect()
+            deadline.register(self.sock)
+
+    class Plain(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Conn, req)
+
+    class Secure(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(SecureConn, req, context=self._context)
+
+    return [Plain(), Secure()]
+
+
 def read_url_list(path: str | Path) -> list[str]:
     """URLs from a text file (one per line), a CSV with a ``url`` column, or JSON lines."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
@@ -89,8 +163,21 @@ def check_url(url: str) -> str | None:
     return None
 
 
-def _attempt(opener, url: str, timeout: float, max_bytes: int) -> tuple[int, bytes]:
-    deadline = time.monotonic() + timeout
+def _attempt(max_redirects: int, url: str, timeout: float, max_bytes: int) -> tuple[int, bytes]:
+    deadline = _Deadline(timeout)
+    try:
+        return _attempt_until(deadline, max_redirects, url, timeout, max_bytes)
+    except _FetchError as exc:
+        if deadline.expired:
+            raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", exc.status, retry=True) from None
+        raise
+    finally:
+        deadline.cancel()
+
+
+def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: float,
+                   max_bytes: int) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(_redirect_handler(max_redirects), *_deadline_handlers(deadline))
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"})
     try:
         resp = opener.open(req, timeout=timeout)
@@ -106,10 +193,12 @@ def _attempt(opener, url: str, timeout: float, max_bytes: int) -> tuple[int, byt
         reason = exc.reason
         if isinstance(reason, _FetchError):
             raise reason from None
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise _FetchError(f"no response within {timeout:g} s", retry=True) from None
         raise _FetchError(f"cannot connect: {reason}", retry=True) from None
     except (socket.timeout, TimeoutError):
         raise _FetchError(f"no response within {timeout:g} s", retry=True) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise _FetchError(f"{exc.__class__.__name__}: {exc}", retry=True) from None
     with resp:
         status = resp.status
@@ -118,15 +207,17 @@ def _attempt(opener, url: str, timeout: float, max_bytes: int) -> tuple[int, byt
             raise _FetchError(f"body of {int(length)} bytes is over the limit of {max_bytes}", status)
         chunks, total = [], 0
         while True:
-            if time.monotonic() > deadline:
-                raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", status, retry=True)
             try:
-                chunk = resp.read(65536)
+                chunk = resp.read1(65536)  # whatever has arrived: the deadline is checked between reads
             except (socket.timeout, TimeoutError):
                 raise _FetchError(f"server stopped sending for {timeout:g} s", status, retry=True) from None
-            except (OSError, ValueError) as exc:  # connection reset, IncompleteRead
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, IncompleteRead, shut down
                 raise _FetchError(f"connection broke: {exc.__class__.__name__}: {exc}", status, retry=True) from None
+            if deadline.expired:
+                raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", status, retry=True)
             if not chunk:
+                if resp.length:  # the sender closed before the length it announced
+                    raise _FetchError(f"connection closed after {total} of {total + resp.length} bytes", status, retry=True)
                 break
             total += len(chunk)
             if total > max_bytes:
@@ -142,12 +233,11 @@ def fetch(url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000, max_r
     bad = check_url(url)
     if bad:
         return Fetched(url, False, error=bad)
-    opener = urllib.request.build_opener(_redirect_handler(max_redirects))
     result = Fetched(url, False)
     for attempt in range(retries + 1):
         result.attempts = attempt + 1
         try:
-            status, data = _attempt(opener, url, timeout, max_bytes)
+            status, data = _attempt(max_redirects, url, timeout, max_bytes)
             result.ok, result.status, result.data, result.bytes, result.error = True, status, data, len(data), None
             break
         except _FetchError as exc:

@@ -19,7 +19,7 @@ from rssn.imageio import ImageReadError, read_image, read_matte
 from rssn.layout import LayoutError, files_by_stem, find_foregrounds
 from rssn.seeding import derive_rng
 
-from .losses import glance_targets
+from .losses import all_glance_targets
 
 CROP_SIZES = (640, 960, 1280)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -124,17 +124,48 @@ def choose_crop(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, 
     return int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1)), size
 
 
-def normalise(image: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> ImageNet-normalised float tensor 3xHxW."""
-    x = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+def model_input(image: np.ndarray, input_range: str = "imagenet") -> torch.Tensor:
+    """RGB HxWx3 on the 0-255 scale (uint8 or float) -> the float tensor 3xHxW a model takes:
+    ``imagenet`` normalised with ImageNet's mean and std (models trained here), ``0-255`` the
+    values as they are (the authors' published models)."""
+    x = image.astype(np.float32)
+    if input_range == "imagenet":
+        x = (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    elif input_range != "0-255":
+        raise ValueError(f"unknown input range {input_range!r}")
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def photo_foreground_background(image: np.ndarray, alpha: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form F and B (uint8) of a photo with its matte, for the composition loss on
+    photos (the authors use closed-form F and B for the ORI-Track); cached by content in the
+    rssn cache, so each photo is solved once across runs."""
+    from rssn.augment import to_uint8
+    from rssn.cache import content_key
+    from rssn.closed_form_band import estimate_foreground_cf_band
+    from rssn.foreground import ALGORITHM_VERSION
+
+    key = content_key(image, alpha, "photo-fb", ALGORITHM_VERSION["cf"])
+    f, b = cache.get("photo-f", key), cache.get("photo-b", key)
+    if f is None or b is None:
+        fg, bg = estimate_foreground_cf_band(image.astype(np.float64) / 255.0, alpha.astype(np.float64),
+                                             return_background=True)
+        f, b = to_uint8(fg * 255.0), to_uint8(bg * 255.0)
+        cache.put("photo-f", key, f)
+        cache.put("photo-b", key, b)
+    return f, b
 
 
 class MattingDataset(Dataset):
     """Augmented training samples: crop, resize to ``crop``, flip, targets for ``rosta``."""
 
-    def __init__(self, samples: list[Sample], rosta: str, crop: int = 320, seed: int = 0):
+    def __init__(self, samples: list[Sample], rosta: str, crop: int = 320, seed: int = 0,
+                 photo_fgbg_cache: str | Path | None = None, input_range: str = "imagenet"):
+        """``photo_fgbg_cache``: the rssn cache folder; when given, photos without F and B get
+        closed-form ones (:func:`photo_foreground_background`) and the composition loss."""
         self.samples, self.rosta, self.crop, self.seed = samples, rosta, crop, seed
+        self.photo_fgbg_cache = photo_fgbg_cache
+        self.input_range = input_range
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -161,15 +192,20 @@ class MattingDataset(Dataset):
             raise ImageReadError(s.alpha, f"matte size {alpha.shape[::-1]} differs from the photo's {image.shape[1::-1]}")
         fg = read_image(_source(s.fg)) if s.fg else None
         bg = read_image(_source(s.bg)) if s.bg else None
+        if (fg is None or bg is None) and self.photo_fgbg_cache is not None:
+            from rssn.cache import ImageCache
+
+            fg, bg = photo_foreground_background(image, alpha, ImageCache(self.photo_fgbg_cache))
         return self.augment(image, alpha, fg, bg, rng)
 
     def augment(self, image: np.ndarray, alpha: np.ndarray, fg: np.ndarray | None, bg: np.ndarray | None,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Crop, resize, flip and make the targets of one sample."""
+        """Crop, resize, flip and make the targets of one sample (from the whole matte, then
+        cropped: a crop edge never invents a transition)."""
         y, x, size = choose_crop(alpha, rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
-        cls, trans, focus = glance_targets(alpha[win], self.rosta)
+        targets = all_glance_targets(alpha, self.rosta)
         out_hw = (self.crop, self.crop)
 
         def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
@@ -179,14 +215,18 @@ class MattingDataset(Dataset):
 
         img = rs(image[win])
         sample = {
-            "image": normalise(img),
+            "image": model_input(img, self.input_range),
             "image_raw": _chw(img),
             "alpha": _hw1(rs(alpha[win])),
-            "glance": torch.from_numpy(np.ascontiguousarray(rs(cls.astype(np.uint8), True))).long(),
-            "transition": _hw1(rs(trans, True)),
-            "focus": _hw1(rs(focus)),
             "has_fgbg": torch.tensor(fg is not None and bg is not None),
         }
+        for key, t in targets.items():
+            if key.startswith("glance"):
+                sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t[win].astype(np.uint8), True))).long()
+            elif key.startswith("transition"):
+                sample[key] = _hw1(rs(t[win], True))
+            else:
+                sample[key] = _hw1(rs(t[win]))
         sample["fg"] = _chw(rs(fg[win])) if fg is not None else torch.zeros_like(sample["image_raw"])
         sample["bg"] = _chw(rs(bg[win])) if bg is not None else torch.zeros_like(sample["image_raw"])
         return sample

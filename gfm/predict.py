@@ -1,9 +1,19 @@
-"""`gfm predict`: hybrid-resolution inference as in the paper, on CPU or CUDA.
+"""`gfm predict`: the authors' test protocol, on CPU or CUDA, for one model or an ensemble.
 
-Glance runs on the image scaled by ``glance_scale`` (1/3) and focus on the image scaled by
-``focus_scale`` (1/2); both outputs are brought back to the input size and fused with the
-RoSTa rule. ``scale`` instead runs one pass (the paper's 5/13 = 0.385). Sizes are rounded to
-multiples of 32, and ``max_side`` caps the longer side, keeping the aspect ratio.
+HYBRID (default): glance from a pass over the image scaled by ``glance_scale`` (1/3), focus from
+a pass at ``focus_scale`` (1/2). Each pass's size is ``int(h * s)`` rounded down to a multiple
+of 32 (at least 32). The glance decision is brought back to the input size as the authors do:
+the class map (0, 1/2, 1 for TT; 0, 1 for FT/BT) is resized bilinearly, pixels where it is
+exactly 0 or 1 keep it, and the others take the focus alpha (TT), or the resized map plus
+(FT) or minus (BT) the focus output. RIM runs one pass at ``glance_scale`` and returns the RIM
+output, as the authors' test does. RESIZE (``scale``): one pass, the collaborative matte.
+
+``max_side`` (1600 by default, as the authors' cap) bounds the longer side of each pass and
+keeps the aspect ratio; the authors cap each side on its own, which is the same whenever no
+side exceeds the cap. Resizing uses OpenCV's area filter down and bilinear up (the authors use
+skimage's anti-aliased resize): outputs agree to a fraction of a grey level.
+
+Several models: the pixel-wise median of their mattes (the paper's EN-median).
 """
 from __future__ import annotations
 
@@ -14,63 +24,81 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rssn.imageio import ImageReadError, list_images, read_image, write_image
 
-from .data import normalise
-from .model import GFM, collaborate
+from .data import model_input
+from .model import GFM
+
+DEFAULT_MAX_SIDE = 1600
 
 
-def _scaled_size(h: int, w: int, scale: float, max_side: int | None) -> tuple[int, int]:
+def pass_size(h: int, w: int, scale: float, max_side: int | None = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """(height, width) of one network pass: ``int(side * scale)`` rounded down to a multiple of
+    32, the longer side at most ``max_side`` (0 or None: no cap)."""
     s = scale
-    if max_side is not None and max(h, w) * s > max_side:
+    if max_side and max(h, w) * s > max_side:
         s = max_side / max(h, w)
-    return max(32, int(round(h * s / 32)) * 32), max(32, int(round(w * s / 32)) * 32)
+    return max(32, int(h * s) // 32 * 32), max(32, int(w * s) // 32 * 32)
 
 
-def _run(model: GFM, image: np.ndarray, size: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:
-    resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if size[0] < image.shape[0] else cv2.INTER_LINEAR)
-    x = normalise(resized)[None].to(device)
+def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    down = hw[0] * hw[1] < a.shape[0] * a.shape[1]
+    return cv2.resize(a, (hw[1], hw[0]), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+
+
+def _forward(model: GFM, image: np.ndarray, hw: tuple[int, int], device: torch.device) -> dict:
+    x = model_input(_resize(image.astype(np.float32), hw), model.config.input_range)[None].to(device)
     with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
         out = model(x)
-    return {k: v.float() for k, v in out.items()}
+    return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t[0, 0].float().cpu().numpy().astype(np.float32)
+
+
+def _glance_map(glance_logits: torch.Tensor, rosta: str) -> np.ndarray:
+    """The decided classes as a 0..1 map: TT 0, 1/2, 1 (bg, transition, fg); FT/BT 0, 1."""
+    cls = glance_logits.argmax(dim=1)[0].cpu().numpy().astype(np.float32)
+    return cls / 2 if rosta == "tt" else cls
+
+
+def fuse_resized(glance: np.ndarray, focus: np.ndarray, rosta: str) -> np.ndarray:
+    """The authors' test-time fusion of a resized glance map and focus output (same size)."""
+    if rosta == "tt":
+        decided = (glance <= 1e-6) | (glance >= 1 - 1e-6)
+        return np.where(decided, np.round(glance), focus).astype(np.float32)
+    if rosta == "ft":
+        return np.minimum(glance + focus, 1).astype(np.float32)
+    if rosta == "bt":
+        return np.maximum(glance - focus, 0).astype(np.float32)
+    raise ValueError(f"unknown RoSTa {rosta!r}")
 
 
 @torch.no_grad()
 def predict_matte(model: GFM, image: np.ndarray, *, device: torch.device | str = "cpu",
                   glance_scale: float = 1 / 3, focus_scale: float = 1 / 2, scale: float | None = None,
-                  max_side: int | None = None) -> np.ndarray:
+                  max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
     """The alpha matte (float32 HxW in [0, 1]) of a uint8 RGB image."""
     device = torch.device(device)
     model.eval()
     h, w = image.shape[:2]
-    if scale is not None:
-        out = _run(model, image, _scaled_size(h, w, scale, max_side), device)
-        fusion = F.interpolate(out["fusion"], size=(h, w), mode="bilinear", align_corners=False)
+    rosta = model.config.rosta
+    if rosta == "rim" or scale is not None:
+        out = _forward(model, image, pass_size(h, w, scale if scale is not None else glance_scale, max_side), device)
+        alpha = _resize(_np(out["fusion"]), (h, w))
     else:
-        g = _run(model, image, _scaled_size(h, w, glance_scale, max_side), device)["glance"]
-        f = _run(model, image, _scaled_size(h, w, focus_scale, max_side), device)["focus"]
-        g = F.interpolate(g, size=(h, w), mode="bilinear", align_corners=False)
-        f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-        fusion = collaborate(g, f, model.rosta)
-    return fusion[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+        g = _forward(model, image, pass_size(h, w, glance_scale, max_side), device)["glance"]
+        f = _forward(model, image, pass_size(h, w, focus_scale, max_side), device)["focus"]
+        alpha = fuse_resized(_resize(_glance_map(g, rosta), (h, w)), _resize(_np(f), (h, w)), rosta)
+    return np.clip(alpha, 0, 1).astype(np.float32)
 
 
-def load_model(checkpoint: str | Path, device: torch.device, backbone: str | None = None,
-               rosta: str | None = None) -> GFM:
-    """The model of a checkpoint; a backbone or RoSTa that differs from the one asked for is an error."""
-    from .train import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    mc = ckpt["model_config"]
-    for name, want in (("backbone", backbone), ("rosta", rosta)):
-        if want is not None and want != mc[name]:
-            raise ValueError(f"{checkpoint}: the checkpoint was trained with --{name} {mc[name]}, "
-                             f"not {want}; drop --{name} or pass the right checkpoint")
-    model = GFM(mc["backbone"], mc["rosta"], pretrained="none")
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+def predict_ensemble(models: list[GFM], image: np.ndarray, **kw) -> np.ndarray:
+    """EN-median: the pixel-wise median of the models' mattes (one model: its matte)."""
+    mattes = [predict_matte(m, image, **kw) for m in models]
+    return mattes[0] if len(mattes) == 1 else np.median(np.stack(mattes), axis=0).astype(np.float32)
 
 
 @dataclass
@@ -78,13 +106,24 @@ class PredictResult:
     written: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    peak_memory_mb: float = 0.0
 
 
-def run_predict(model: GFM, inputs: list[Path], out_dir: Path, device: torch.device, *, rgba: bool = False,
-                progress: bool = True, **kw) -> PredictResult:
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_predict(models: GFM | list[GFM], inputs: list[Path], out_dir: Path, device: torch.device, *,
+                rgba: bool = False, progress: bool = True, **kw) -> PredictResult:
     """Predict each input and write OUT/<stem>.png (8-bit matte), optionally OUT/rgba/<stem>.png."""
     from tqdm import tqdm
 
+    models = models if isinstance(models, list) else [models]
     res = PredictResult()
     t0 = time.perf_counter()
     for p in tqdm(inputs, unit="image", disable=not progress, dynamic_ncols=True):
@@ -93,13 +132,14 @@ def run_predict(model: GFM, inputs: list[Path], out_dir: Path, device: torch.dev
         except ImageReadError as exc:
             res.failures.append({"file": exc.path, "reason": exc.reason})
             continue
-        alpha = predict_matte(model, image, device=device, **kw)
+        alpha = predict_ensemble(models, image, device=device, **kw)
         a8 = np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8)
         write_image(out_dir / f"{p.stem}.png", a8)
         if rgba:
             write_image(out_dir / "rgba" / f"{p.stem}.png", np.dstack([image, a8]))
         res.written.append(str(out_dir / f"{p.stem}.png"))
     res.seconds = time.perf_counter() - t0
+    res.peak_memory_mb = _peak_memory_mb(torch.device(device))
     return res
 
 

@@ -1,8 +1,11 @@
 """`gfm train`: one plain `train_one_epoch` / `evaluate`, and a checkpoint with everything
-needed to resume exactly (model, optimiser, AMP scaler, epoch, step, RNG state, config).
+needed to resume exactly (model, optimiser, AMP scaler, epoch, step, RNG state, config);
+with validation photos also ``best.pt``, the weights of the epoch with the lowest SAD.
 
-Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel with a
-distributed sampler; rank 0 alone logs and writes.
+Under torchrun (WORLD_SIZE > 1) the model's BatchNorm layers become SyncBatchNorm (on CUDA), the model
+is wrapped in DistributedDataParallel with a distributed sampler, every rank validates its
+share of the validation photos (no rank waits in a collective while another one works), and
+rank 0 alone logs and writes.
 """
 from __future__ import annotations
 
@@ -22,12 +25,32 @@ from torch.utils.data import DataLoader
 from rssn.imageio import atomic_write_bytes
 from rssn.seeding import derive_rng
 
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_config_of, save_checkpoint
 from .data import MattingDataset, Sample, check_samples, find_samples
 from .losses import gfm_loss
-from .model import GFM
+from .model import GFM, ModelConfig
 
 LOSS_TERMS = ("loss", "ce", "focus_alpha", "focus_lap", "fusion_alpha", "fusion_lap", "comp")
-CHECKPOINT_FORMAT = 1
+PAPER_CUDA_BATCH = {"r34": 32, "r34_2b": 32, "r101": 8, "d121": 4}
+CPU_BATCH = 4
+
+
+# TrainConfig fields that decide the training data a run sees; --resume refuses to change them
+DATA_SETTINGS = ("data", "fg", "bg", "per_fg", "route_options", "crop", "seed", "photo_fgbg")
+
+
+def data_settings(cfg_or_json: "TrainConfig | str") -> dict[str, Any]:
+    """The data-deciding settings as plain JSON values (from a config or a checkpoint's JSON)."""
+    doc = json.loads(cfg_or_json) if isinstance(cfg_or_json, str) else json.loads(json.dumps(asdict(cfg_or_json), default=str))
+    out = {k: doc.get(k) for k in DATA_SETTINGS}
+    out["route_options"] = [o for o in (out["route_options"] or []) if o[0] != "cache_dir"]
+    return out
+
+
+def default_batch_size(backbone: str, device_type: str) -> int:
+    """The paper's batch on CUDA (32 for r34, 8 for r101, 4 for d121); on CPU one that fits in
+    24 GB at the default crop."""
+    return PAPER_CUDA_BATCH[backbone] if device_type == "cuda" else CPU_BATCH
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,9 @@ class TrainConfig:
     out: str
     backbone: str = "r34"
     rosta: str = "tt"
+    decoder: str = "glance-focus"
+    ppm: bool = True
+    bridge: bool = True
     pretrained: str = "none"
     crop: int = 320
     batch_size: int = 4
@@ -53,9 +79,12 @@ class TrainConfig:
     per_fg: int = 5
     route_options: tuple[tuple[str, Any], ...] = ()
     digest_log: str | None = None  # every rank appends (step, hash of its weights) to DIGEST_LOG.rankN
+    photo_fgbg: bool = True  # closed-form F and B for photos, so they get the composition loss too
+    cache_dir: str | None = None  # the rssn cache (default: the user's)
 
-    def model_config(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "rosta": self.rosta}
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(backbone=self.backbone, rosta=self.rosta, decoder=self.decoder, ppm=self.ppm,
+                           bridge=self.bridge, input_range="imagenet")
 
 
 @dataclass
@@ -123,21 +152,39 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
 
 
 @torch.no_grad()
-def evaluate(model, samples: list[Sample], device, max_side: int = 640) -> dict[str, float]:
-    """Whole-image SAD/1000 and MSE of hybrid-resolution predictions on ``samples``."""
+def evaluate(model, samples: list[Sample], device) -> dict[str, float]:
+    """Whole-image SAD/1000 and MSE of the predictions (the authors' hybrid protocol) on
+    ``samples``: sums and count, so that ranks can add up their shares."""
     from rssn.imageio import read_image, read_matte
 
     from .predict import predict_matte
 
     core = model.module if hasattr(model, "module") else model
-    sads, mses = [], []
+    was_training = core.training
+    sad = mse = 0.0
     for s in samples:
         image = read_image(s.image)
         gt = read_matte(s.alpha).alpha.astype(np.float64)
-        pred = predict_matte(core, image, device=device, max_side=max_side).astype(np.float64)
-        sads.append(float(np.abs(pred - gt).sum() / 1000))
-        mses.append(float(((pred - gt) ** 2).mean()))
-    return {"val_sad": float(np.mean(sads)) if sads else float("nan"), "val_mse": float(np.mean(mses)) if mses else float("nan")}
+        pred = predict_matte(core, image, device=device).astype(np.float64)
+        sad += float(np.abs(pred - gt).sum() / 1000)
+        mse += float(((pred - gt) ** 2).mean())
+    core.train(was_training)
+    return {"sad": sad, "mse": mse, "n": float(len(samples))}
+
+
+def validate(model, samples: list[Sample], device, rank: int, world: int) -> dict[str, float]:
+    """Mean validation SAD and MSE; under DDP each rank scores every world-th photo and the
+    sums are added with one all_reduce that every rank reaches at the same point."""
+    part = evaluate(model, samples[rank::world], device)
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([part["sad"], part["mse"], part["n"]], dtype=torch.float64,
+                         device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        part = {"sad": float(t[0]), "mse": float(t[1]), "n": float(t[2])}
+    n = max(part["n"], 1.0)
+    return {"val_sad": part["sad"] / n, "val_mse": part["mse"] / n}
 
 
 def weights_digest(model) -> str:
@@ -166,27 +213,8 @@ def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfi
         "history": json.dumps(state.history),
         "torch_rng": torch.get_rng_state(),
         "config": json.dumps(asdict(cfg), default=str),
-        "model_config": cfg.model_config(),
+        "model_config": cfg.model_config().to_dict(),
     }
-
-
-def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: a checkpoint cannot run code."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found") from None
-    except Exception as exc:
-        raise ValueError(f"{path}: not a gfm checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a gfm checkpoint (no model / model_config)")
-    return ckpt
 
 
 def _write_losses_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -256,6 +284,11 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         failures += f
     samples, bad = check_samples(samples)
     failures += bad
+    cache_root = cfg.cache_dir
+    if cache_root is None:
+        from rssn.compose import default_cache_dir
+
+        cache_root = str(default_cache_dir())
     if cfg.fg and cfg.bg:
         from .data import OnTheFlyDataset
 
@@ -264,7 +297,8 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         if not dataset.items:
             raise ValueError(f"no usable foreground in {cfg.fg}")
     else:
-        dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed)
+        dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed,
+                                 photo_fgbg_cache=cache_root if cfg.photo_fgbg else None)
     if is_main:
         for path, reason in failures:
             log(f"skipped {path}: {reason}")
@@ -276,8 +310,8 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         val_samples, vb = check_samples(val_samples)
 
     torch.manual_seed(cfg.seed)
-    model = GFM(cfg.backbone, cfg.rosta, cfg.pretrained).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = GFM(config=cfg.model_config(), pretrained=cfg.pretrained).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     state = TrainState()
 
@@ -286,8 +320,18 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         resume = str(out / "last.pt") if (out / "last.pt").exists() else None
     if resume:
         ckpt = load_checkpoint(resume)
-        if ckpt["model_config"] != cfg.model_config():
-            raise ValueError(f"{resume}: checkpoint is {ckpt['model_config']}, the command asks for {cfg.model_config()}")
+        old = model_config_of(ckpt)
+        if old != cfg.model_config():
+            diffs = [f"{k}: {v} in the checkpoint, {getattr(cfg.model_config(), k)} now"
+                     for k, v in old.to_dict().items() if v != getattr(cfg.model_config(), k)]
+            raise ValueError(f"{resume}: the checkpoint's model differs from the one asked for ({'; '.join(diffs)}); "
+                             "pass the same model options, or train into another --out")
+        old_data, new_data = data_settings(ckpt["config"]), data_settings(cfg)
+        diffs = [f"{k}: {json.dumps(old_data[k])} in the checkpoint, {json.dumps(new_data[k])} now"
+                 for k in DATA_SETTINGS if old_data[k] != new_data[k]]
+        if diffs:
+            raise ValueError(f"{resume}: the checkpoint was trained on other data ({'; '.join(diffs)}); resume with "
+                             "the same data options, or train into another --out")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -299,6 +343,8 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if device.type == "cuda":  # SyncBatchNorm needs CUDA; CPU (gloo) runs keep per-rank statistics
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     losses_csv = out / "losses.csv"
@@ -325,10 +371,15 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
                                 cfg.max_steps_per_epoch, progress and is_main)
         state.epoch = epoch + 1
         record = {"epoch": state.epoch, "seconds": round(time.perf_counter() - t0, 2), **means}
-        if val_samples and is_main:
-            record.update(evaluate(model, val_samples, device))
+        if val_samples:
+            record.update(validate(model, val_samples, device, rank, world))
         state.history.append(record)
         if is_main:
+            if "val_sad" in record and record["val_sad"] <= min(h.get("val_sad", float("inf")) for h in state.history):
+                core = model.module if hasattr(model, "module") else model
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "model": core.state_dict(), "epoch": state.epoch,
+                                 "val_sad": record["val_sad"], "model_config": cfg.model_config().to_dict()},
+                                out / "best.pt")
             save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg), out / "last.pt")
             _write_losses_csv(losses_csv, rows)
             plot_curves(rows, out / "loss_curves.png")

@@ -81,6 +81,16 @@ class ComposeConfig:
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
 
 
+# ComposeConfig fields that do not change a composite's bytes (how and where the work runs)
+RUN_ONLY_SETTINGS = ("out_dir", "workers", "executor", "ray_address", "retries", "cache_dir")
+
+
+def byte_settings(cfg: ComposeConfig) -> dict[str, Any]:
+    """The settings that decide the output bytes (recorded in OUT/settings.json; a re-run with
+    other values would mix two corpora). ``per_fg`` may grow: a larger K only adds composites."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_SETTINGS}
+
+
 class DiskFullError(OSError):
     """The output disk is full: the run stops (it resumes once there is space)."""
 

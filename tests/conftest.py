@@ -26,10 +26,11 @@ def shared(sub: str) -> Path:
     return p
 
 
-def run_cli(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
-    """Run one of our console commands in a subprocess (the way users run it)."""
+def run_cli(*args: str, timeout: float = 600, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of our console commands in a subprocess (the way users run it); ``env`` adds variables."""
     exe = Path(sys.executable).parent / args[0]
-    proc = subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=timeout)
+    full_env = {**os.environ, **env} if env else None
+    proc = subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc

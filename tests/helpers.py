@@ -40,11 +40,12 @@ def make_tiny_set(root: Path, n_fg: int = 3, n_bg: int = 3, fg_hw=(72, 96), bg_h
 
 
 def tree_digest(root: Path, exclude=("summary.json",), skip_dirs=("cache",)) -> dict[str, str]:
-    """sha256 of every file below root, by relative path."""
+    """sha256 of every file below root, by relative path (the run lock, which names the process
+    that held it, is not an output)."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if p.is_file() and rel.parts[0] not in skip_dirs and p.name not in exclude:
+        if p.is_file() and rel.parts[0] not in skip_dirs and p.name not in exclude and p.name != ".lock":
             out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 

@@ -1,24 +1,152 @@
-"""GFM model: shapes, RoSTa fusion rules, targets and loss terms on hand-made cases."""
+"""GFM model: the authors' networks weight for weight, shapes, RoSTa fusion rules, targets and
+loss terms on hand-made cases."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from gfm.losses import alpha_loss, composition_loss, glance_targets, laplacian_loss, laplacian_pyramid
-from gfm.model import GFM, collaborate
+from gfm.losses import alpha_loss, all_glance_targets, composition_loss, gfm_loss, glance_targets, laplacian_loss, \
+    laplacian_pyramid
+from gfm.model import GFM, ModelConfig, collaborate, count_parameters
+
+from .conftest import shared
+
+# The authors' counts (every float entry of the state_dict, shared tensors once), from
+# ../shared/data/gfm-official/README.md; they do not depend on the data being present.
+OFFICIAL_PARAMETERS = {("r34", "tt"): 55_317_676, ("r34", "ft"): 55_317_099, ("r34", "bt"): 55_317_099,
+                       ("r34_2b", "tt"): 125_936_556, ("r101", "tt"): 497_408_876, ("d121", "tt"): 47_060_780,
+                       ("d121", "rim"): 47_509_379}
+VARIANTS = ["r34_tt", "r34_ft", "r34_bt", "r34_2b_tt", "d121_tt", "d121_rim",
+            pytest.param("r101_tt", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("backbone", ["r34", "r34_2b"])
+@pytest.mark.parametrize("backbone,rosta", [k for k in OFFICIAL_PARAMETERS if k[0] != "r101"])
+def test_parameter_counts_equal_the_authors(backbone, rosta):
+    assert count_parameters(GFM(backbone, rosta)) == OFFICIAL_PARAMETERS[(backbone, rosta)]
+
+
+def _official_state_dict(variant: str) -> dict:
+    import importlib.util
+
+    root = shared("gfm-official")
+    spec = importlib.util.spec_from_file_location("official_weights", root / "official_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.state_dict(variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_weights_load_and_match_the_official_outputs(variant, tmp_path):
+    """Every published variant: the authors' state_dict loads key for key and our forward gives
+    the outputs the authors' forward gave (stored in ../shared/data/gfm-official) within 1e-4."""
+    from gfm.official import load_official, official_forward
+
+    root = shared("gfm-official")
+    backbone, rosta = variant.rsplit("_", 1)
+    state = _official_state_dict(variant)
+    path = tmp_path / "w.pth"
+    torch.save(state, path)  # an official checkpoint file, read as users read it
+    del state
+    model = load_official(path, backbone, rosta)
+    assert not model.training and model.config.input_range == "0-255"
+    assert count_parameters(model) == OFFICIAL_PARAMETERS[(backbone, rosta)]
+    x = torch.from_numpy(np.load(root / "input.npy"))
+    ref = np.load(root / f"{variant}.outputs.npz")
+    out = official_forward(model, x)
+    if rosta == "rim":
+        got = {f"{r}_{k}": t for r, trio in zip(("tt", "ft", "bt"), out[:3]) for k, t in zip(("glance", "focus", "fusion"), trio)}
+        got["fusion"] = out[3]
+        glances = {"tt_": got["tt_glance"], "ft_": got["ft_glance"], "bt_": got["bt_glance"], "": None}
+    else:
+        got = dict(zip(("glance", "focus", "fusion"), out))
+        glances = {"": got["glance"]}
+    assert sorted(got) == sorted(ref.files)
+    for name, t in got.items():
+        a, b = t.numpy(), ref[name]
+        assert a.shape == b.shape, name
+        if name.endswith("fusion") and name != "fusion" or (name == "fusion" and rosta != "rim"):
+            g = glances[name[: -len("fusion")]].numpy()
+            top2 = np.sort(g, axis=1)[:, -2:]
+            sure = np.broadcast_to((top2[:, 1] - top2[:, 0] >= 1e-3)[:, None], a.shape)
+            assert sure.mean() > 0.9  # the comparison covers most of the image
+            np.testing.assert_allclose(a[sure], b[sure], atol=1e-4, err_msg=name)
+        else:
+            np.testing.assert_allclose(a, b, atol=1e-4, err_msg=name)
+
+
+def test_wrong_backbone_or_rosta_names_the_keys(tmp_path):
+    from gfm.official import OfficialWeightsError, load_official
+
+    torch.manual_seed(0)
+    state = GFM("r34", "tt").state_dict()
+    with pytest.raises(OfficialWeightsError, match=r"missing key.*decoder0_g_tt.*unexpected key.*decoder0_g\.0.*--rosta"):
+        load_official(state, "r34", "rim")
+    with pytest.raises(OfficialWeightsError, match="shapes differ.*decoder0_g.6.weight"):
+        load_official(state, "r34", "ft")
+    bad = dict(state)
+    bad["resnet.conv1.weight"] = bad["resnet.conv1.weight"] + 1  # the two names of one tensor disagree
+    with pytest.raises(OfficialWeightsError, match="name one tensor"):
+        load_official(bad, "r34", "tt")
+    loaded = load_official(state, "r34", "tt")  # our own state_dict is in the official format
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("backbone", ["r34", "r34_2b", "d121"])
 @pytest.mark.parametrize("rosta,classes", [("tt", 3), ("ft", 2), ("bt", 2)])
 def test_output_shapes(backbone, rosta, classes):
     torch.manual_seed(0)
     model = GFM(backbone, rosta).eval()
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 96))
-    assert out["glance"].shape == (2, classes, 64, 96)
-    assert out["focus"].shape == out["fusion"].shape == (2, 1, 64, 96)
+        out = model(torch.randn(1, 3, 64, 96))
+    assert out["glance"].shape == (1, classes, 64, 96)
+    assert out["focus"].shape == out["fusion"].shape == (1, 1, 64, 96)
     assert float(out["fusion"].min()) >= 0 and float(out["fusion"].max()) <= 1
+
+
+@pytest.mark.parametrize("kw,absent", [({"decoder": "single"}, ("bridge_block", "decoder4_f")),
+                                       ({"ppm": False}, ("psp_module",)), ({"bridge": False}, ("bridge_block",))])
+def test_ablations_drop_their_part_and_still_predict(kw, absent):
+    torch.manual_seed(0)
+    full = GFM("r34", "tt")
+    model = GFM(config=ModelConfig(**kw)).eval()
+    names = {k.split(".")[0] for k in model.state_dict()}
+    assert not names & set(absent) and count_parameters(model) < count_parameters(full)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out["glance"].shape == (1, 3, 64, 64) and out["focus"].shape == (1, 1, 64, 64)
+
+
+def test_unused_backbone_parts_get_no_gradient():
+    model = GFM("r34_2b", "tt")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert {"resnet.fc.weight", "resnet.conv1.weight", "psp1.0.weight"} <= frozen
+    out = model(torch.randn(1, 3, 64, 64))
+    (out["glance"].sum() + out["focus"].sum()).backward()
+    no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    assert not no_grad, no_grad  # every trainable parameter is reached
+
+
+def test_rim_trains_every_head_and_the_integration():
+    torch.manual_seed(0)
+    model = GFM("r34", "rim")
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert set(out["heads"]) == {"tt", "ft", "bt"} and out["fusion"].shape == (2, 1, 64, 64)
+    alpha = np.zeros((64, 64), np.float32)
+    alpha[16:48, 16:48] = 1
+    alpha[14:16, 14:50] = 0.5
+    t = all_glance_targets(alpha, "rim")
+    batch = {"alpha": torch.from_numpy(alpha)[None, None].repeat(2, 1, 1, 1), "has_fgbg": torch.tensor([True, False]),
+             "fg": torch.rand(2, 3, 64, 64), "bg": torch.rand(2, 3, 64, 64), "image_raw": torch.rand(2, 3, 64, 64)}
+    for k, v in t.items():
+        tt = torch.from_numpy(v)
+        batch[k] = tt[None].repeat(2, 1, 1).long() if k.startswith("glance") else tt[None, None].repeat(2, 1, 1, 1)
+    terms = gfm_loss(out, batch)
+    terms["loss"].backward()
+    for name in ("decoder0_g_tt.0.weight", "decoder0_f_bt.0.weight", "decoder0_g_ft.6.weight", "rim.0.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
 def _logits(classes: list[list[int]], n: int) -> torch.Tensor:
@@ -82,6 +210,60 @@ def test_laplacian_pyramid_reconstructs_and_loss_sees_edges():
     lap_edge, lap_shift = float(laplacian_loss(edge, flat)), float(laplacian_loss(shift, flat))
     assert lap_edge > 0 and lap_shift > 0
     assert sum(float((a - b).abs().mean()) for a, b in zip(laplacian_pyramid(shift)[:-1], laplacian_pyramid(flat)[:-1])) < 1e-5
+
+
+@pytest.mark.parametrize("rosta", ["tt", "ft", "bt"])
+def test_a_crop_through_opaque_foreground_has_no_transition_at_its_edge(rosta):
+    """Targets come from the whole matte: cutting the crop through the opaque body invents no band."""
+    from gfm.data import MattingDataset
+
+    alpha = np.zeros((400, 400), np.float32)
+    alpha[:, :300] = 1  # opaque foreground on the left, a soft edge at x = 300..309, then background
+    alpha[:, 300:310] = np.linspace(0.95, 0.05, 10)
+    image = np.full((400, 400, 3), 128, np.uint8)
+    ds = MattingDataset([], rosta, crop=64)
+
+    class FixedCrop:  # a 64-pixel crop at (100, 100): its four edges lie inside the opaque body
+        def __init__(self):
+            self.calls = 0
+
+        def integers(self, n):
+            return 0
+
+        def random(self, size=None):
+            self.calls += 1
+            return np.array([0.0, 100 / 337, 100 / 337]) if size == 3 else 0.99
+
+    import gfm.data as data
+
+    orig = data.choose_crop
+    data.choose_crop = lambda a, rng: (100, 100, 64)
+    try:
+        s = ds.augment(image, alpha, None, None, FixedCrop())
+    finally:
+        data.choose_crop = orig
+    assert float(s["transition"].sum()) == 0  # no focus supervision anywhere in an all-opaque crop
+    if rosta == "tt":
+        assert (s["glance"] == 2).all()
+    else:
+        assert (s["glance"] == 1).all()
+
+
+def test_focus_weights_cover_only_undecided_pixels():
+    alpha = np.zeros((200, 200), np.float32)
+    yy, xx = np.mgrid[0:200, 0:200]
+    r = np.hypot(yy - 100, xx - 100)
+    alpha[r < 50] = 1
+    ring = (r >= 50) & (r < 60)
+    alpha[ring] = (60 - r[ring]) / 10
+    soft = (alpha > 0) & (alpha < 1)
+    cls, w, _ = glance_targets(alpha, "ft")
+    assert w[soft].min() == 1 and not w[alpha == 0].any()  # FT: alpha > 0 outside F
+    assert not w[cls == 1].any() and w[(cls == 0) & (alpha == 1)].all()
+    cls, w, _ = glance_targets(alpha, "bt")
+    assert w[soft].min() == 1 and not w[alpha == 1].any() and not w[cls == 0].any()  # BT: inside B, alpha < 1
+    cls, w, _ = glance_targets(alpha, "tt")
+    assert w[soft].min() == 1 and np.array_equal(w == 1, cls == 1)
 
 
 def test_fusion_runs_on_cpu_without_cuda():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.train import load_checkpoint
+from gfm.checkpoint import load_checkpoint
 from rssn.imageio import read_image, read_matte
 
 from .conftest import run_cli, shared
@@ -38,15 +38,33 @@ def _train(data: Path, out: Path, *extra: str, check: bool = True):
 
 
 @pytest.mark.slow
-def test_overfits_a_few_real_photos(tmp_path):
-    data = small_real_set(tmp_path / "data")
-    _train(data, tmp_path / "run", "--epochs", "60")
+def test_learns_from_a_few_real_photos(tmp_path):
+    """The published network learns on photos, with the composition loss from closed-form F and B.
+
+    Fixed data (3 photos, each 4 times: 4 steps an epoch), seed and threads. Measured on a 2-core
+    machine for seeds 0, 1, 2: the focus loss falls from 0.33 in the first epoch to 0.05 in the
+    last three (6.5x) and the collaborative alpha loss from 0.28-0.31 to 0.04-0.08 (4-7x); the
+    test asks for 2x. A trainer that does not learn stays near 1x.
+    """
+    import shutil
+
+    data = small_real_set(tmp_path / "data", height=96)
+    for sub in ("image", "alpha"):
+        for f in list((data / sub).glob("*.png")):
+            for c in range(1, 4):
+                shutil.copy(f, data / sub / f"{f.stem}c{c}.png")
+    proc = run_cli("gfm", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none",
+                   "--crop", "64", "--batch-size", "3", "--lr", "1e-3", "--quiet", "--device", "cpu", "--epochs", "10",
+                   "--seed", "0", env={"OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
-    first = np.mean([h["loss"] for h in hist[:3]])
-    last = np.mean([h["loss"] for h in hist[-3:]])
-    assert last < first / 4, (first, last)
+    assert len(hist) == 10
+    for term in ("focus_alpha", "fusion_alpha"):
+        first, last = hist[0][term], np.mean([h[term] for h in hist[-3:]])
+        assert last < first / 2, (term, first, last)
+    assert all(h["comp"] > 0 for h in hist)  # photos get L_comp (closed-form F and B, ORI-Track)
     rows = (tmp_path / "run" / "losses.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,step,loss,ce,") and len(rows) == 61
+    assert rows[0].startswith("epoch,step,loss,ce,") and len(rows) == 41
     assert (tmp_path / "run" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the trained model predicts a matte of the photo's size
     photo = shared("alphamatting") / "image" / "GT05.png"
@@ -55,13 +73,12 @@ def test_overfits_a_few_real_photos(tmp_path):
     pred = read_matte(tmp_path / "pred" / "GT05.png")
     assert pred.shape == read_image(photo).shape[:2] and pred.maxval == 255
     assert read_image(tmp_path / "pred" / "rgba" / "GT05.png").shape[:2] == pred.shape
-    # gfm eval --checkpoint predicts with the same code and scores: over-fitted photos score well
+    # gfm eval --checkpoint predicts with the same code and scores every photo
     proc = run_cli("gfm", "eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data),
                    "--pred-out", str(tmp_path / "evalpred"), "--out-json", str(tmp_path / "e.json"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "e.json").read_text())
-    assert doc["count"] == 3 and sorted(p.name for p in (tmp_path / "evalpred").glob("*.png")) == [f"{n}.png" for n in PHOTOS]
-    assert doc["means"]["mse"] < 0.1
+    assert doc["count"] == 12 and len(list((tmp_path / "evalpred").glob("*.png"))) == 12
 
 
 @pytest.mark.slow

@@ -1,0 +1,65 @@
+"""Project checkpoints: one dict with everything needed to predict with a model or to resume
+its training exactly. Read with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+
+Keys: ``format``, ``model`` (state_dict), ``model_config`` (:class:`gfm.model.ModelConfig` as
+a dict), and for training runs ``optimizer``, ``scaler``, ``epoch``, ``step``, ``history``,
+``torch_rng``, ``config`` (the run's settings, JSON) and ``data_config`` (the settings that
+decide the training data, JSON); ``source`` says where imported weights came from.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rssn.imageio import atomic_write_bytes
+
+from .model import GFM, ModelConfig
+
+CHECKPOINT_FORMAT = 2
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    """Write atomically: a killed run leaves the previous checkpoint whole."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, or a ValueError that says what the file is not."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a gfm checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        if isinstance(ckpt, dict) and any(k.startswith(("encoder0.", "resnet.", "densenet.")) for k in ckpt):
+            raise ValueError(f"{path}: this is an official GFM state_dict, not a gfm-toolkit checkpoint; "
+                             "convert it with `gfm import-official --weights FILE --backbone B --rosta R --out CKPT`")
+        raise ValueError(f"{path}: not a gfm checkpoint (no model / model_config)")
+    if int(ckpt.get("format", 1)) < CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: written by an earlier gfm-toolkit for its narrower network, which is gone; "
+                         "retrain, or import the authors' weights with `gfm import-official`")
+    return ckpt
+
+
+def model_config_of(ckpt: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.from_dict(dict(ckpt["model_config"]))
+
+
+def load_model(checkpoint: str | Path, device: torch.device | str = "cpu", backbone: str | None = None,
+               rosta: str | None = None) -> GFM:
+    """The model of a checkpoint in eval mode; a backbone or RoSTa other than the one asked for is an error."""
+    ckpt = load_checkpoint(checkpoint)
+    mc = model_config_of(ckpt)
+    for name, want in (("backbone", backbone), ("rosta", rosta)):
+        if want is not None and want != getattr(mc, name):
+            raise ValueError(f"{checkpoint}: the checkpoint was trained with --{name} {getattr(mc, name)}, "
+                             f"not {want}; drop --{name} or pass the right checkpoint")
+    model = GFM(config=mc, pretrained="none")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()

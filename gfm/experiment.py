@@ -1,0 +1,331 @@
+"""`gfm experiment`: the paper's COMP-Track and RSSN ablation (Tables 1 and 4) on the user's data.
+
+For each arm (a set of `rssn compose` options) and each repeat r:
+
+compose (EXP/arms/ARM/rR/comp, seed + r)  ->  train (EXP/arms/ARM/rR/run, the same model,
+schedule, seed + r and number of samples for every arm)  ->  evaluate the last and the best
+(by validation SAD) checkpoint on the real photos with the GFM protocol (eval-last.json,
+eval-best.json)  ->  results (EXP/results.csv, results.md, results.png, experiment.json).
+
+Every stage resumes: compose skips finished composites, training continues from last.pt, and
+an evaluation already written is kept, so a killed experiment continues where it stopped and
+ends with the same numbers. The arms differ only in their route: every other setting is shared.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rssn.imageio import atomic_write_bytes
+
+# Table 4's arms: the RSSN route with one step at a time, and the plain blend
+DEFAULT_ARMS: dict[str, dict[str, Any]] = {
+    "plain": {"route": "plain"},
+    "blur": {"denoise_p": 0.0, "blur_p": 0.5, "noise_p": 0.0},
+    "denoise": {"denoise_p": 0.5, "blur_p": 0.0, "noise_p": 0.0},
+    "noise": {"denoise_p": 0.0, "blur_p": 0.0, "noise_p": 0.5},
+    "rssn": {},
+}
+ORI_ARM = "ori"  # trains on the foreground photos themselves (the ORI-Track)
+
+# `rssn compose` options an arm may set: option -> (ComposeConfig field, parser)
+ARM_OPTIONS = {
+    "--route": ("route", str), "--denoise-p": ("denoise_p", float), "--blur-p": ("blur_p", float),
+    "--noise-p": ("noise_p", float), "--noise-sigma": ("noise_sigma", float), "--fg-method": ("fg_method", str),
+    "--denoise-profile": ("denoise_profile", str), "--denoise-sigma": ("denoise_sigma", float),
+    "--blur-kernels": ("blur_kernels", lambda v: tuple(int(k) for k in v.split(","))), "--bg": ("bg_dir", Path),
+}
+METRICS = ("sad", "mse", "mad", "grad", "conn", "sad_tran", "sad_fg", "sad_bg")
+
+
+def parse_arm(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=OPTIONS`` (e.g. ``coco=--route plain --bg coco/``) -> (name, ComposeConfig overrides)."""
+    if "=" not in text:
+        raise ValueError(f"--arm {text!r}: expected NAME=OPTIONS, e.g. coco='--route plain --bg coco/'")
+    name, opts = text.split("=", 1)
+    name = name.strip()
+    if not name or not name.replace("-", "").replace("_", "").isalnum() or name == ORI_ARM:
+        raise ValueError(f"--arm {text!r}: the name must be letters, digits, - or _ (and not {ORI_ARM!r})")
+    words = shlex.split(opts)
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        opt = words[i]
+        if opt not in ARM_OPTIONS or i + 1 >= len(words):
+            raise ValueError(f"--arm {name}: {opt!r} is not one of {', '.join(ARM_OPTIONS)} with a value")
+        key, parse = ARM_OPTIONS[opt]
+        try:
+            out[key] = parse(words[i + 1])
+        except ValueError:
+            raise ValueError(f"--arm {name}: {opt} {words[i + 1]!r} is not a valid value") from None
+        i += 2
+    return name, out
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    fg: Path
+    bg: Path
+    val: Path
+    out: Path
+    arms: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (name, overrides); ORI_ARM for photos
+    repeats: int = 1
+    per_fg: int = 5
+    seed: int = 0
+    compose_workers: int = 1
+    cache_dir: Path | None = None
+    denoise_profile: str | None = None
+    # training, identical for every arm
+    backbone: str = "r34"
+    rosta: str = "tt"
+    pretrained: str = "none"
+    crop: int = 320
+    batch_size: int = 4
+    epochs: int = 10
+    lr: float = 1e-5
+    max_steps_per_epoch: int | None = None
+    device: str = "auto"
+    loader_workers: int = 0
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    repeat: int
+    which: str  # last | best
+    means: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+
+
+def compose_config(cfg: ExperimentConfig, overrides: dict[str, Any], out: Path, seed: int):
+    from rssn.compose import ComposeConfig
+
+    base: dict[str, Any] = {"fg_dir": cfg.fg, "bg_dir": cfg.bg, "out_dir": out, "per_fg": cfg.per_fg, "seed": seed,
+                            "workers": cfg.compose_workers, "cache_dir": cfg.cache_dir}
+    if cfg.denoise_profile:
+        base["denoise_profile"] = cfg.denoise_profile
+    return ComposeConfig(**{**base, **overrides})
+
+
+def train_config(cfg: ExperimentConfig, data: tuple[str, ...], out: Path, seed: int):
+    from .train import TrainConfig
+
+    return TrainConfig(data=data, out=str(out), backbone=cfg.backbone, rosta=cfg.rosta, pretrained=cfg.pretrained,
+                       crop=cfg.crop, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, seed=seed,
+                       workers=cfg.loader_workers, device=cfg.device, val=str(cfg.val),
+                       max_steps_per_epoch=cfg.max_steps_per_epoch, resume="auto",
+                       cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None)
+
+
+def _stage(cfg: ExperimentConfig, arm: str, repeat: int) -> Path:
+    return cfg.out / "arms" / arm / f"r{repeat}"
+
+
+def evaluate_checkpoint(ckpt: Path, val: Path, pred_dir: Path, device) -> dict[str, Any]:
+    """Predict the validation photos with ``ckpt`` and score them with the GFM protocol."""
+    from .checkpoint import load_model
+    from .data import find_samples
+    from .evaluate import EvalConfig, run_eval
+    from .predict import run_predict
+
+    samples, _ = find_samples(val)
+    model = load_model(ckpt, device)
+    run_predict(model, [s.image for s in samples], pred_dir, device, progress=False)
+    result = run_eval(EvalConfig(pred_dir, samples[0].alpha.parent, protocol="gfm"), progress=False)
+    return {"checkpoint": str(ckpt), "count": len(result.rows), "means": result.means(),
+            "failures": result.failures}
+
+
+def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> list[ArmResult]:
+    """Run (or continue) every arm and repeat, then write the results."""
+    import torch
+
+    from rssn.compose import byte_settings, run_compose
+    from rssn.outdir import check_settings, output_lock
+
+    from .train import pick_device, run_train
+
+    t_start = time.perf_counter()
+    rank = int(os.environ.get("RANK", 0))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    device = pick_device(cfg.device)
+    results: list[ArmResult] = []
+    arms = dict(cfg.arms)
+    for arm, overrides in cfg.arms:
+        for r in range(cfg.repeats):
+            stage = _stage(cfg, arm, r)
+            seed = cfg.seed + r
+            t = time.perf_counter()
+            if arm == ORI_ARM:  # the photos themselves, each K times: the same number of samples
+                data = tuple([str(cfg.fg)] * cfg.per_fg)
+            else:
+                comp = stage / "comp"
+                data = (str(comp),)
+                if rank == 0:
+                    ccfg = compose_config(cfg, dict(overrides), comp, seed)
+                    with output_lock(comp, "rssn compose"):
+                        check_settings(comp, "rssn compose", byte_settings(ccfg), may_grow=("per_fg",))
+                        summary = run_compose(ccfg, progress=progress)
+                    (stage / "compose.done").write_text("done\n")
+                    log(f"[{arm} r{r}] composed: {summary.made} new, {summary.skipped_existing} already there, "
+                        f"{summary.failed_composites} failed")
+                else:  # under torchrun the other ranks wait for rank 0's composites
+                    while not (stage / "compose.done").exists():
+                        time.sleep(1.0)
+            timings[f"{arm}/r{r}/compose"] = round(time.perf_counter() - t, 2)
+            t = time.perf_counter()
+            run = stage / "run"
+            hist = run / "history.json"
+            done = hist.exists() and len(json.loads(hist.read_text())) >= cfg.epochs
+            if not done:
+                lock = output_lock(run, "gfm train") if rank == 0 else contextlib.nullcontext()
+                with lock:
+                    run_train(train_config(cfg, data, run, seed), progress=progress, log=lambda m: log(f"[{arm} r{r}] {m}"))
+            timings[f"{arm}/r{r}/train"] = round(time.perf_counter() - t, 2)
+            if rank != 0:
+                continue  # rank 0 alone evaluates and writes the results
+            t = time.perf_counter()
+            for which in ("last", "best"):
+                ckpt = run / f"{which}.pt"
+                path = stage / f"eval-{which}.json"
+                if not path.exists():
+                    doc = evaluate_checkpoint(ckpt, cfg.val, stage / f"pred-{which}", device)
+                    doc["epoch"] = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+                    _write_json(path, doc)
+                doc = json.loads(path.read_text())
+                results.append(ArmResult(arm, r, which, doc["means"], doc["epoch"]))
+            timings[f"{arm}/r{r}/evaluate"] = round(time.perf_counter() - t, 2)
+            log(f"[{arm} r{r}] last: SAD {results[-2].means.get('sad', float('nan')):.2f}, "
+                f"best (epoch {results[-1].epoch}): SAD {results[-1].means.get('sad', float('nan')):.2f}")
+    if rank != 0:
+        return results
+    write_results(cfg, results)
+    _write_json(cfg.out / "experiment.json", experiment_record(cfg, arms, device, timings,
+                                                               time.perf_counter() - t_start))
+    return results
+
+
+def experiment_record(cfg: ExperimentConfig, arms: dict[str, Any], device, timings: dict[str, float],
+                      seconds: float) -> dict[str, Any]:
+    """All settings, the compose settings of every arm, versions, device and timings."""
+    import platform
+
+    import torch
+
+    from rssn.compose import byte_settings
+
+    composes = {}
+    for arm, overrides in arms.items():
+        if arm != ORI_ARM:
+            composes[arm] = byte_settings(compose_config(cfg, dict(overrides), Path("comp"), cfg.seed))
+    try:
+        from importlib.metadata import version
+
+        toolkit = version("gfm-toolkit")
+    except Exception:
+        toolkit = "unknown"
+    return {
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "arms"},
+        "arms": {a: dict(o) for a, o in arms.items()},
+        "compose_settings": composes,
+        "versions": {"gfm-toolkit": toolkit, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
+        "timings_s": timings,
+        "seconds": round(seconds, 2),
+    }
+
+
+def table(results: list[ArmResult], which: str, arms: list[str]) -> list[dict[str, Any]]:
+    """One row per arm: the mean of each metric over the repeats and, with several, the std."""
+    rows = []
+    for arm in arms:
+        rs = [r for r in results if r.arm == arm and r.which == which]
+        row: dict[str, Any] = {"arm": arm, "checkpoint": which, "repeats": len(rs)}
+        for m in METRICS:
+            vals = [r.means[m] for r in rs if m in r.means]
+            row[m] = float(np.mean(vals)) if vals else float("nan")
+            row[f"{m}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def write_results(cfg: ExperimentConfig, results: list[ArmResult]) -> None:
+    """results.csv (every arm, last and best), results.md (the paper's layout), results.png."""
+    import csv
+    import io
+
+    arms = [a for a, _ in cfg.arms]
+    rows = table(results, "last", arms) + table(results, "best", arms)
+    buf = io.StringIO()
+    fields = ["arm", "checkpoint", "repeats", *[c for m in METRICS for c in (m, f"{m}_std")]]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(cfg.out / "results.csv", buf.getvalue().encode())
+
+    heads = ["SAD", "MSE", "MAD", "Grad", "Conn", "SAD-TRAN", "SAD-FG", "SAD-BG"]
+    lines = [f"# GFM experiment: {cfg.backbone}/{cfg.rosta}, {cfg.epochs} epochs, {cfg.repeats} repeat(s)", ""]
+    for which in ("last", "best"):
+        label = "last epoch" if which == "last" else "best epoch by validation SAD"
+        lines += [f"## {label}", "", "| arm | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+        for row in (r for r in rows if r["checkpoint"] == which):
+            cells = []
+            for m in METRICS:
+                v = row[m]
+                s = f"{v:.4f}" if m == "mse" else f"{v:.2f}"
+                if row["repeats"] > 1:
+                    s += f" ± {row[f'{m}_std']:.4f}" if m == "mse" else f" ± {row[f'{m}_std']:.2f}"
+                cells.append(s)
+            lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("SAD, Grad, Conn, SAD-TRAN, SAD-FG, SAD-BG in thousands; lower is better.")
+    atomic_write_bytes(cfg.out / "results.md", ("\n".join(lines) + "\n").encode())
+    _plot(cfg.out / "results.png", table(results, "last", arms), heads)
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], heads: list[str]) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6), dpi=90)
+    names = [r["arm"] for r in rows]
+    for ax, m, head in zip(axes.ravel(), METRICS, heads):
+        ax.bar(names, [r[m] for r in rows], yerr=[r[f"{m}_std"] for r in rows], color="#4a7fb5")
+        ax.set_title(head)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.suptitle("last-epoch checkpoint on the real validation photos (lower is better)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def default_arms(names: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    unknown = [n for n in names if n not in DEFAULT_ARMS and n != ORI_ARM]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; the defaults are {', '.join(DEFAULT_ARMS)} and {ORI_ARM}")
+    return [(n, dict(DEFAULT_ARMS.get(n, {}))) for n in names]
+
+
+def with_arms(cfg: ExperimentConfig, arms: list[tuple[str, dict[str, Any]]]) -> ExperimentConfig:
+    return replace(cfg, arms=tuple((n, tuple(sorted(o.items(), key=lambda kv: kv[0]))) for n, o in arms))

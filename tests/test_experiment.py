@@ -1,0 +1,82 @@
+"""`gfm experiment` at a tiny scale: the table, the arms differing only in their route, resume."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from .conftest import run_cli, shared
+from .helpers import kill_when
+
+TRAIN, VAL = ("GT01", "GT05", "GT12"), ("GT02", "GT03")
+
+
+def _photos(root: Path, names: tuple[str, ...], height: int = 96) -> Path:
+    am = shared("alphamatting")
+    for d in ("image", "alpha"):
+        (root / d).mkdir(parents=True)
+    for n in names:
+        img = cv2.imread(str(am / "image" / f"{n}.png"))
+        a = cv2.imread(str(am / "alpha" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
+        w = round(img.shape[1] * height / img.shape[0])
+        cv2.imwrite(str(root / "image" / f"{n}.png"), cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA))
+        cv2.imwrite(str(root / "alpha" / f"{n}.png"), cv2.resize(a, (w, height), interpolation=cv2.INTER_AREA))
+    return root
+
+
+def _backgrounds(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for p in sorted(shared("backgrounds").glob("*.jpg"))[:3]:
+        img = cv2.imread(str(p))
+        cv2.imwrite(str(root / p.name), cv2.resize(img, (240, 160), interpolation=cv2.INTER_AREA))
+    return root
+
+
+def _args(fg: Path, bg: Path, val: Path, out: Path) -> list[str]:
+    return ["gfm", "experiment", "--fg", str(fg), "--bg", str(bg), "--val", str(val), "--out", str(out),
+            "--arms", "plain,noise", "--per-fg", "1", "--epochs", "1", "--max-steps-per-epoch", "1", "--crop", "64",
+            "--batch-size", "3", "--pretrained", "none", "--device", "cpu", "--workers", "1", "--quiet"]
+
+
+@pytest.mark.slow
+def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # every run below (and the killed one) on the same threads
+    fg, val = _photos(tmp_path / "fg", TRAIN), _photos(tmp_path / "val", VAL)
+    bg = _backgrounds(tmp_path / "bg")
+    ref = tmp_path / "ref"
+    p = run_cli(*_args(fg, bg, val, ref))
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader((ref / "results.csv").open()))
+    assert [(r["arm"], r["checkpoint"]) for r in rows] == [("plain", "last"), ("noise", "last"),
+                                                           ("plain", "best"), ("noise", "best")]
+    for r in rows:
+        for m in ("sad", "mse", "mad", "grad", "conn", "sad_tran", "sad_fg", "sad_bg"):
+            assert float(r[m]) >= 0
+        assert 0 <= float(r["mse"]) <= 1
+    md = (ref / "results.md").read_text()
+    assert "| arm | SAD | MSE | MAD | Grad | Conn | SAD-TRAN | SAD-FG | SAD-BG |" in md and "| noise |" in md
+    assert (ref / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((ref / "experiment.json").read_text())
+    a, b = doc["compose_settings"]["plain"], doc["compose_settings"]["noise"]
+    assert {k for k in a if a[k] != b[k]} <= {"route", "denoise_p", "blur_p", "noise_p"}
+    assert a["route"] == "plain" and b["noise_p"] == 0.5 and b["blur_p"] == 0 and b["denoise_p"] == 0
+    configs = [json.loads(torch.load(ref / "arms" / arm / "r0" / "run" / "last.pt", weights_only=True)["config"])
+               for arm in ("plain", "noise")]
+    differ = {k for k in configs[0] if configs[0][k] != configs[1][k]}
+    assert differ == {"data", "out"}  # the same model, seed, schedule and samples; only the data
+    assert doc["versions"]["torch"] == torch.__version__ and "timings_s" in doc
+
+    # killed while the second arm trains, then the same command: the same numbers
+    out = tmp_path / "killed"
+    kill_when(_args(fg, bg, val, out), out / "arms" / "noise" / "r0" / "run" / "losses.csv", 1, timeout=600)
+    assert not (out / "results.csv").exists()
+    p = run_cli(*_args(fg, bg, val, out))
+    assert p.returncode == 0, p.stderr
+    assert (out / "results.csv").read_text() == (ref / "results.csv").read_text()
+    # a re-run of a finished experiment does nothing new and keeps the numbers
+    p = run_cli(*_args(fg, bg, val, out))
+    assert p.returncode == 0 and (out / "results.csv").read_text() == (ref / "results.csv").read_text()
