@@ -15,17 +15,10 @@ from .helpers import kill_when
 TRAIN, VAL = ("GT01", "GT05", "GT12"), ("GT02", "GT03")
 
 
-def _photos(root: Path, names: tuple[str, ...], height: int = 96) -> Path:
-    am = shared("alphamatting")
-    for d in ("image", "alpha"):
-        (root / d).mkdir(parents=True)
-    for n in names:
-        img = cv2.imread(str(am / "image" / f"{n}.png"))
-        a = cv2.imread(str(am / "alpha" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
-        w = round(img.shape[1] * height / img.shape[0])
-        cv2.imwrite(str(root / "image" / f"{n}.png"), cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA))
-        cv2.imwrite(str(root / "alpha" / f"{n}.png"), cv2.resize(a, (w, height), interpolation=cv2.INTER_AREA))
-    return root
+def _photos(root: Path, names: tuple[str, ...]) -> Path:
+    from .test_gfm_train import small_real_set
+
+    return small_real_set(root, height=96, names=names)
 
 
 def _backgrounds(root: Path) -> Path:

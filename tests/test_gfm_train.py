@@ -18,12 +18,12 @@ from .helpers import kill_when
 PHOTOS = ("GT01", "GT05", "GT12")
 
 
-def small_real_set(root: Path, height: int = 128) -> Path:
+def small_real_set(root: Path, height: int = 128, names: tuple[str, ...] = PHOTOS) -> Path:
     """A few alphamatting photos and their mattes, scaled down so CPU training is quick."""
     am = shared("alphamatting")
     for d in ("image", "alpha"):
         (root / d).mkdir(parents=True)
-    for n in PHOTOS:
+    for n in names:
         img = cv2.imread(str(am / "image" / f"{n}.png"))
         a = cv2.imread(str(am / "alpha" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
         w = round(img.shape[1] * height / img.shape[0])
