@@ -19,9 +19,10 @@ from rssn.imageio import ImageReadError, read_image, read_matte
 from rssn.layout import LayoutError, files_by_stem, find_foregrounds
 from rssn.seeding import derive_rng
 
-from .losses import all_glance_targets
+from .losses import FT_BT_KERNEL, all_glance_targets
 
 CROP_SIZES = (640, 960, 1280)
+TARGET_MARGIN = FT_BT_KERNEL  # more than the reach of the largest target kernel
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -205,7 +206,13 @@ class MattingDataset(Dataset):
         y, x, size = choose_crop(alpha, rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
-        targets = all_glance_targets(alpha, self.rosta)
+        # the targets of the window equal those of the whole matte: morphology reaches at most
+        # TARGET_MARGIN pixels, so the window plus that margin (clipped at the image) suffices
+        m = TARGET_MARGIN
+        y0, x0 = max(0, y - m), max(0, x - m)
+        around = alpha[y0:y + size + m, x0:x + size + m]
+        targets = {k: t[y - y0:y - y0 + size, x - x0:x - x0 + size]
+                   for k, t in all_glance_targets(around, self.rosta).items()}
         out_hw = (self.crop, self.crop)
 
         def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
@@ -222,11 +229,11 @@ class MattingDataset(Dataset):
         }
         for key, t in targets.items():
             if key.startswith("glance"):
-                sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t[win].astype(np.uint8), True))).long()
+                sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t.astype(np.uint8), True))).long()
             elif key.startswith("transition"):
-                sample[key] = _hw1(rs(t[win], True))
+                sample[key] = _hw1(rs(t, True))
             else:
-                sample[key] = _hw1(rs(t[win]))
+                sample[key] = _hw1(rs(t))
         sample["fg"] = _chw(rs(fg[win])) if fg is not None else torch.zeros_like(sample["image_raw"])
         sample["bg"] = _chw(rs(bg[win])) if bg is not None else torch.zeros_like(sample["image_raw"])
         return sample

@@ -249,6 +249,39 @@ def test_a_crop_through_opaque_foreground_has_no_transition_at_its_edge(rosta):
         assert (s["glance"] == 1).all()
 
 
+@pytest.mark.parametrize("rosta", ["tt", "rim"])
+def test_window_targets_equal_whole_matte_targets(rosta):
+    """The dataset computes targets on the crop plus a margin: the same as on the whole matte."""
+    from gfm.data import MattingDataset
+
+    rng = np.random.default_rng(3)
+    alpha = cv2_blur((rng.random((300, 420)) > 0.6).astype(np.float32))
+    whole = all_glance_targets(alpha, rosta)
+    ds = MattingDataset([], rosta, crop=96)
+    import gfm.data as data
+
+    orig = data.choose_crop
+    try:
+        for y, x, size in ((0, 0, 96), (100, 150, 96), (204, 324, 96), (37, 0, 200)):
+            data.choose_crop = lambda a, r, c=(y, x, size): c
+            s = ds.augment(np.zeros((300, 420, 3), np.uint8), alpha, None, None, np.random.default_rng(0))
+            flip = bool(np.random.default_rng(0).random() < 0.5)
+            for k, t in whole.items():
+                want = t[y:y + size, x:x + size]
+                got = s[k].numpy().reshape(96, 96)
+                if size == 96:
+                    want = want[:, ::-1] if flip else want
+                    np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=f"{k} at {(y, x)}")
+    finally:
+        data.choose_crop = orig
+
+
+def cv2_blur(a: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return np.clip(cv2.blur(a, (9, 9)) * 1.4 - 0.2, 0, 1).astype(np.float32)
+
+
 def test_focus_weights_cover_only_undecided_pixels():
     alpha = np.zeros((200, 200), np.float32)
     yy, xx = np.mgrid[0:200, 0:200]
