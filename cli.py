@@ -282,6 +282,108 @@ def rssn_denoise(folder: Path, cache_dir: Path | None, denoise_sigma: float | No
         sys.exit(EXIT_NOTHING_MADE)
 
 
+def _w1_cell(m: dict, is_reference: bool) -> str:
+    if is_reference:
+        return "ref"
+    return "-" if m["w1"] is None else f"{m['w1']:.3g}"
+
+
+@rssn.command("audit")
+@click.option("--set", "sets", multiple=True, required=True, metavar="NAME=DIR",
+              help="A set to measure: an rssn compose output, or photos with mattes (image/ + alpha/, fg/ + alpha/, "
+                   "RGBA images). Repeat for each set.")
+@click.option("--reference", default=None,
+              help="The set the others are compared with  [default: the one set that is not composites]")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder: audit.csv, audit.json, report.html, hist/, thumbs/.")
+@click.option("--erode", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Pixels each region is eroded away from the matte's boundary.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Measure at most N images per set (the first by name).")
+@click.option("--detector", default=None,
+              help="YOLO weights (path or name, as in bg20k build) to count salient objects in the background (sem_bg).")
+@click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Detector confidence.")
+@click.option("--classes", default=None, help="Comma-separated class names that count [default: all].")
+@click.option("--min-box-fraction", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="Smallest box, as a fraction of the image, that counts.")
+@click.option("--far", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Images shown per measure in the report's 'farthest from the reference'.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes  [default: all cores]")
+@executor_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def rssn_audit(sets: tuple[str, ...], reference: str | None, out_dir: Path, classes: str | None,
+               workers: int | None, quiet: bool, **opts) -> None:
+    """Measure how far composites are from real photos: noise, sharpness, resolution, colour.
+
+    \b
+    Per image, from its matte: the foreground (alpha >= 0.99) and background (alpha <= 0.01),
+    eroded away from the boundary, and for each measure the gap between them:
+      noise_*       Gaussian noise std (0-255), gap = log2(bg / fg)
+      sharp_*       fine-scale gradient energy over local contrast, gap = log2(bg / fg)
+      res_*         effective resolution from the spectrum (fraction of Nyquist), gap = log2
+      lum/sat/temp/contrast_gap   Xue et al. 2012 colour statistics, bg - fg (contrast: log2)
+      sem_bg        salient objects in the background (with --detector)
+    Then per set and measure: median, quartiles and the Wasserstein-1 distance of its gaps to
+    the reference set's (lower is closer to real).
+
+    \b
+    Outputs in --out: audit.csv (a row per image), audit.json (per set and measure),
+    report.html (table, histograms, the composites farthest from the reference with their
+    operations), summary.json (timings). Re-running measures only new or changed images.
+
+    \b
+    Examples:
+      rssn audit --set plain=comp/plain --set rssn=comp/rssn --set real=AM-2k/val --out audit
+      rssn audit --set rssn=comp/rssn --set real=photos --reference real --out audit --workers 8
+      rssn audit --set rssn=comp/rssn --set real=photos --out audit --detector ~/weights/yolov8n.pt
+    """
+    from rssn.audit import AuditConfig, AuditError, parse_set, run_audit
+    from rssn.outdir import OutputFolderBusy, output_lock
+
+    try:
+        parsed = [parse_set(v) for v in sets]
+    except AuditError as exc:
+        _fail_usage(str(exc))
+    names = [n for n, _ in parsed]
+    if len(set(names)) != len(names):
+        _fail_usage(f"--set names must differ: {', '.join(names)}")
+    check_output_folder(out_dir, {f"--set {n}": p for n, p in parsed if p.exists()})
+    check_writable(out_dir)
+    cfg = AuditConfig(sets=tuple(parsed), out_dir=out_dir, reference=reference,
+                      classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
+                      workers=workers or os.cpu_count() or 1, **opts)
+    from bg20k.screen import DetectorError
+
+    try:
+        with output_lock(out_dir, "rssn audit"):
+            result = run_audit(cfg, progress=not quiet)
+    except OutputFolderBusy as exc:
+        _fail_usage(str(exc))
+    except (AuditError, DetectorError) as exc:
+        _fail_usage(str(exc))
+    from rssn.audit import gap_columns
+
+    gaps = gap_columns(result.columns)
+    width = max(len(s.name) for s in result.sets) + 2
+    lines = [f"  {'W1 to ' + result.reference:<{width + 4}}" + "".join(f"{c:>14}" for c in gaps)]
+    for s in result.sets:
+        vals = [result.measures[c][s.name] for c in gaps]
+        cells = "".join(f"{_w1_cell(v, s.name == result.reference):>14}" for v in vals)
+        ok = sum(r.get("status") == "ok" for r in result.rows if r["set"] == s.name)
+        lines.append(f"  {s.name:<{width}}{ok:>4}" + cells)
+    click.echo("\n".join(lines), err=True)
+    bad = [r for r in result.rows if r.get("status") != "ok"] + [f for s in result.sets for f in s.failures]
+    click.echo(_summary_table([
+        ("images", len(result.rows)), ("measured now", result.measured_now), ("already measured", result.reused),
+        ("not scored", len(bad)), ("seconds", f"{result.seconds:.1f}"),
+        ("report", out_dir / "report.html"),
+    ]), err=True)
+    for r in bad[:20]:
+        click.echo(f"  not scored: {r.get('set')}/{r.get('name', r.get('path'))}: {r['reason']}", err=True)
+    if not any(r.get("status") == "ok" for r in result.rows):
+        click.echo("Error: no image could be measured", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
+
+
 # ====================================================================== bg20k
 
 
@@ -317,6 +419,11 @@ def bg20k() -> None:
               help="CSV of image id and keep/reject written after review; overrides the automatic verdicts.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode/resize processes  [default: all cores]")
 @executor_options
+@click.option("--require-license", is_flag=True,
+              help="Reject every source whose URL list row gives no licence (folder sources have none).")
+@click.option("--licenses", "licenses", default=None,
+              help="Keep only these licences, e.g. cc0,cc-by,cc-by-sa (a name without a version matches every "
+                   "version; 'CC BY 4.0', 'cc-by-4.0' and the creativecommons.org URL are the same licence).")
 @click.option("--download-workers", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds allowed for one download attempt, slow senders included.")
@@ -325,7 +432,8 @@ def bg20k() -> None:
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0))
 @overwrite_option
 @click.option("--quiet", is_flag=True)
-def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, workers, overwrite, quiet, **opts) -> None:
+def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, workers, overwrite, quiet, licenses,
+                **opts) -> None:
     """Build OUT/train and OUT/testval from folders and/or URL lists.
 
     \b
@@ -335,7 +443,10 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
       3. near-duplicate removal by perceptual hash (the largest original is kept)
       4. YOLO screening: reject a listed class with conf >= --conf covering >= --min-box-fraction
       5. train / testval split by a stable hash of the content
-    Also OUT/stats.json and OUT/review.html (a contact sheet for the manual check).
+    Also OUT/stats.json, OUT/ATTRIBUTION.csv (id, url, license, author, source of every kept
+    image, from `license`, `author` and `source` columns of a CSV or JSON-lines URL list) and
+    OUT/review.html: click a card (or arrows, then k / r) to change its verdict, filter by
+    verdict or reason, and download decisions.csv for --decisions.
     Running again with more sources, a decisions file or other screening thresholds (--classes,
     --conf, --min-box-fraction: recomputed from the stored detections) only processes what is
     new; a killed run resumes; any other changed setting stops before any work (or --overwrite).
@@ -344,23 +455,31 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
     Examples:
       bg20k build --src ~/photos --out bg --detector ~/weights/yolov8n.pt
       bg20k build --urls crawl.txt --urls more.csv --out bg --classes person,bird,car
-      bg20k build --src ~/photos --out bg --decisions reviewed.csv   # after checking review.html
+      bg20k build --src ~/photos --out bg --decisions decisions.csv  # downloaded from review.html
+      bg20k build --urls crawl.csv --out bg --licenses cc0,cc-by       # open licences only
     """
     from bg20k.build import BuildConfig, run_build
     from bg20k.screen import DetectorError
 
     if not src_dirs and not url_files:
         _fail_usage("give at least one --src folder or --urls file")
+    from bg20k.licenses import parse_allowed
+
+    try:
+        allowed = parse_allowed(licenses) if licenses is not None else None
+    except ValueError as exc:
+        _fail_usage(str(exc))
     check_output_folder(out_dir, {f"--src {d}": d for d in src_dirs})
     check_writable(out_dir)
     cfg = BuildConfig(out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
                       screen=not no_screen, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
-                      workers=workers or os.cpu_count() or 1, **opts)
+                      workers=workers or os.cpu_count() or 1, licenses=allowed, **opts)
     from bg20k.build import byte_settings
 
     try:
         with claimed_output(out_dir, "bg20k build", byte_settings(cfg),
-                            may_change=("src_dirs", "url_files", "classes", "conf", "min_box_fraction", "decisions"),
+                            may_change=("src_dirs", "url_files", "classes", "conf", "min_box_fraction", "decisions",
+                                        "require_license", "licenses"),
                             overwrite=overwrite):
             stats = run_build(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except DetectorError as exc:
@@ -372,8 +491,10 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
         ("sources", c["sources"]), ("candidates", c["candidates"]), ("kept", c["kept"]),
         ("train / testval", f"{c['train']} / {c['testval']}"),
         ("near duplicates", c["rejected_near_duplicate"]), ("salient objects", c["rejected_salient_object"]),
-        ("too small", c["rejected_resolution"]), ("failed", c["failed_decode"] + c["failed_download"]),
+        ("too small", c["rejected_resolution"]), ("licence", c["rejected_license"]),
+        ("failed", c["failed_decode"] + c["failed_download"]),
         ("seconds", f"{stats.seconds['total']:.1f}"), ("review", out_dir / "review.html"),
+        ("attribution", out_dir / "ATTRIBUTION.csv"),
     ]), err=True)
     if c["kept"] == 0:
         click.echo("Error: no image was kept", err=True)

@@ -31,7 +31,8 @@ from rssn.imageio import (
 from rssn.manifest import Manifest
 
 from .dedup import duplicate_groups, hash_to_int
-from .download import fetch, read_url_list
+from .download import fetch, read_url_records
+from .licenses import license_rejection
 from .screen import Detection, Detector, rejecting_detection
 
 HASHES = ("phash", "dhash", "whash", "ahash")
@@ -65,6 +66,8 @@ class BuildConfig:
     max_redirects: int = 5
     retries: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
+    require_license: bool = False
+    licenses: tuple[str, ...] | None = None
 
 
 RUN_ONLY_SETTINGS = ("out_dir", "workers", "executor", "ray_address", "download_workers", "timeout", "max_bytes",
@@ -134,21 +137,25 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------ the run
 
 
-def _source_list(cfg: BuildConfig) -> list[tuple[str, str | None]]:
-    """(source, local path or None for URLs) for every distinct source, in a stable order."""
+def _source_list(cfg: BuildConfig) -> tuple[list[tuple[str, str | None]], dict[str, dict[str, str]]]:
+    """(source, local path or None for URLs) for every distinct source, in a stable order, and
+    each source's attribution (licence, author, source page) from the URL lists."""
     out: list[tuple[str, str | None]] = []
+    attribution: dict[str, dict[str, str]] = {}
     for d in cfg.src_dirs:
         out.extend((str(p), str(p)) for p in list_images(d))
     for f in cfg.url_files:
-        for url in read_url_list(f):
+        for url, attrib in read_url_records(f):
             out.append((url, None))
+            if attrib and url not in attribution:
+                attribution[url] = attrib
     seen: set[str] = set()
     uniq = []
     for s, p in out:
         if s not in seen:
             seen.add(s)
             uniq.append((s, p))
-    return uniq
+    return uniq, attribution
 
 
 def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
@@ -162,11 +169,22 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     remove_stale_temporaries(out)
     manifest = Manifest(out / "manifest.jsonl")
     stats = Stats()
-    sources = _source_list(cfg)
+    sources, attribution = _source_list(cfg)
+
+    # -- licences: a source the rule excludes is neither downloaded nor used (re-checked each run)
+    barred: dict[str, str] = {}
+    for s, _ in sources:
+        why = license_rejection(attribution.get(s, {}).get("license"), cfg.require_license, cfg.licenses)
+        if why is not None:
+            barred[s] = why
+            rec = manifest.get(f"source:{s}")
+            if rec is None or rec.get("stage") == "license":
+                manifest.append({"key": f"source:{s}", "type": "source", "source": s, "status": "rejected",
+                                 "stage": "license", "reason": why, "attribution": attribution.get(s, {})})
 
     # -- fetch: URLs not yet prepared
     t = time.perf_counter()
-    todo_urls = [s for s, p in sources if p is None and not _done(manifest, s, out)]
+    todo_urls = [s for s, p in sources if p is None and s not in barred and not _done(manifest, s, out)]
     fetched_paths: dict[str, str] = {}
     if todo_urls:
         with cf.ThreadPoolExecutor(cfg.download_workers) as pool:
@@ -182,7 +200,8 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
                     manifest.append({"key": f"download:{r.url}", "type": "download", **r.record()})
                 else:
                     manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "failed",
-                                     "stage": "download", "reason": r.error or "empty body", "download": r.record()})
+                                     "stage": "download", "reason": r.error or "empty body", "download": r.record(),
+                                     "attribution": attribution.get(r.url, {})})
     stats.seconds["download"] = time.perf_counter() - t
     stats.items["download"] = len(todo_urls)
 
@@ -190,7 +209,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     t = time.perf_counter()
     jobs = []
     for s, p in sources:
-        if _done(manifest, s, out):
+        if s in barred or _done(manifest, s, out):
             continue
         path = p if p is not None else fetched_paths.get(s)
         if path is not None:
@@ -204,7 +223,8 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
             s = jobs[i][0]
             if exc is not None:  # a crashed worker fails this source, not the run
                 rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
-            manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec})
+            manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec,
+                             "attribution": attribution.get(s, {})})
             if s in fetched_paths:
                 try:
                     os.unlink(fetched_paths[s])
@@ -274,7 +294,8 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     verdicts: dict[str, dict[str, Any]] = {}
     for i in ids:
         rec = cands[i]
-        v: dict[str, Any] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"]}
+        v: dict[str, Any] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"],
+                             "attribution": attribution.get(rec["source"], {})}
         dets = []
         drec = manifest.get(f"detect:{i}")
         if drec is not None and drec["detector"] == det_key:
@@ -295,6 +316,8 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
             v["automatic"] = v["verdict"]
             v["verdict"] = "kept" if decisions[i] == "keep" else "rejected"
             v["reason"] = f"manual decision: {decisions[i]} (automatic: {v['automatic']}, {v['reason']})"
+        if rec["source"] in barred:  # the licence rule is final: no manual decision keeps such an image
+            v.update(verdict="rejected", reason=f"licence: {barred[rec['source']]}", licence_rejected=True)
         v["split"] = split_of(i, cfg.val_fraction)
         verdicts[i] = v
 
@@ -318,7 +341,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     stats.counts["exact_duplicate_sources"] = len(exact_dups)
     for v in verdicts.values():
         if v["verdict"] == "rejected":
-            key = "near_duplicate" if "duplicate_of" in v and "automatic" not in v else (
+            key = "license" if v.get("licence_rejected") else "near_duplicate" if "duplicate_of" in v and "automatic" not in v else (
                 "manual" if "automatic" in v else "salient_object")
             stats.counts[f"rejected_{key}"] += 1
     stats.counts["sources"] = len(sources)
@@ -329,6 +352,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     stats.seconds["total"] = time.perf_counter() - t_all
     atomic_write_bytes(out / "verdicts.json", (json.dumps([verdicts[i] for i in ids], indent=1) + "\n").encode())
     write_stats(out / "stats.json", stats, cfg)
+    write_attribution(out / "ATTRIBUTION.csv", [verdicts[i] for i in sorted(kept)])
     from .review import write_review
 
     failed = [r for r in manifest if r["type"] == "source" and r["source"] in current and r["status"] != "candidate"]
@@ -370,7 +394,8 @@ def _done(manifest: Manifest, source: str, out: Path) -> bool:
         return False
     if rec["status"] == "candidate":
         return (out / ".stage" / f"{rec['id']}.jpg").exists()
-    return rec.get("stage") != "download"  # download failures are tried again on the next run
+    # download failures are tried again on the next run; licence rejections are re-checked each run
+    return rec.get("stage") not in ("download", "license")
 
 
 def _screened(manifest: Manifest, iid: str, det_key: str, floor: float) -> bool:
@@ -408,11 +433,24 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _reason_class(reason: str) -> str:
     r = reason.lower()
-    for key in ("too small", "pixel limit", "empty file", "not a readable image", "cannot decode", "http ",
+    for key in ("licence", "too small", "pixel limit", "empty file", "not a readable image", "cannot decode", "http ",
                 "cannot connect", "redirect", "over the limit", "slow", "no response", "only http", "connection broke"):
         if key in r:
             return key.strip()
     return "other"
+
+
+def write_attribution(path: Path, kept: list[dict[str, Any]]) -> None:
+    """OUT/ATTRIBUTION.csv: id, url, license, author, source for every kept image."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "url", "license", "author", "source"])
+    for v in kept:
+        a = v.get("attribution", {})
+        w.writerow([v["id"], v["source"], a.get("license", ""), a.get("author", ""), a.get("source", "")])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def write_stats(path: Path, stats: Stats, cfg: BuildConfig) -> None:

@@ -127,8 +127,28 @@ def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
     return [Plain(), Secure()]
 
 
-def read_url_list(path: str | Path) -> list[str]:
-    """URLs from a text file (one per line), a CSV with a ``url`` column, or JSON lines."""
+ATTRIBUTION_FIELDS = ("license", "author", "source")
+_FIELD_ALIASES = {"license": ("license", "licence"), "author": ("author", "creator", "artist"),
+                  "source": ("source", "page", "source_url", "page_url")}
+
+
+def _attribution(row: dict) -> dict[str, str]:
+    """The licence, author and source page of one list row (keys matched case-insensitively)."""
+    low = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+    out = {}
+    for field, names in _FIELD_ALIASES.items():
+        for n in names:
+            v = low.get(n)
+            if v is not None and str(v).strip():
+                out[field] = str(v).strip()
+                break
+    return out
+
+
+def read_url_records(path: str | Path) -> list[tuple[str, dict[str, str]]]:
+    """(url, attribution) from a text file (one URL per line), a CSV with a ``url`` column or
+    JSON lines with a ``url`` key; CSV and JSON lines may also carry ``license``, ``author``
+    and ``source`` (the page the image came from), which follow the image to the outputs."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     lines = [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
     if not lines:
@@ -138,16 +158,22 @@ def read_url_list(path: str | Path) -> list[str]:
         out = []
         for l in lines:
             try:
-                out.append(str(json.loads(l)["url"]).strip())
-            except (json.JSONDecodeError, KeyError, TypeError):
-                out.append(l.strip())  # kept so that it is reported as an invalid URL
+                rec = json.loads(l)
+                out.append((str(rec["url"]).strip(), _attribution(rec)))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                out.append((l.strip(), {}))  # kept so that it is reported as an invalid URL
         return out
     header = [h.strip().lower() for h in next(csv.reader([first]))]
     if "url" in header and len(header) > 1 or first.lower() == "url":
         rows = csv.DictReader(io.StringIO("\n".join(lines)))
         col = next(h for h in rows.fieldnames or [] if h.strip().lower() == "url")
-        return [str(r[col]).strip() for r in rows if r.get(col)]
-    return [l.strip() for l in lines]
+        return [(str(r[col]).strip(), _attribution(r)) for r in rows if r.get(col)]
+    return [(l.strip(), {}) for l in lines]
+
+
+def read_url_list(path: str | Path) -> list[str]:
+    """The URLs of a list (see `read_url_records`)."""
+    return [u for u, _ in read_url_records(path)]
 
 
 def check_url(url: str) -> str | None:

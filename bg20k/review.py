@@ -28,10 +28,127 @@ def draw_thumbnail(image: np.ndarray, detections: list[list], width: int = THUMB
     return t
 
 
+def reason_class(v: dict[str, Any]) -> str:
+    """The filter group of a verdict's reason: 'salient object: bird', 'near duplicate', ..."""
+    r = v["reason"]
+    if v.get("licence_rejected"):
+        return "licence"
+    if "automatic" in v:
+        return "manual decision"
+    if r.startswith("salient object:"):
+        return "salient object: " + r.split(":", 1)[1].split()[0]
+    if r.startswith("near duplicate"):
+        return "near duplicate"
+    return r
+
+
+def _card(v: dict[str, Any]) -> str:
+    e = html.escape
+    a = v.get("attribution", {})
+    credit = ""
+    if a:
+        src = a.get("source", "")
+        link = f' <a href="{e(src)}" rel="noreferrer">page</a>' if src.startswith(("http://", "https://")) else ""
+        credit = (f'<br><span class="licence">{e(a.get("license", "no licence"))}</span>'
+                  f'{" · " + e(a["author"]) if a.get("author") else ""}{link}')
+    automatic = v.get("automatic", v["verdict"])
+    return (f'<figure class="card {v["verdict"]}" tabindex="-1" data-id="{e(v["id"])}" data-verdict="{v["verdict"]}" '
+            f'data-built="{v["verdict"]}" data-automatic="{automatic}" data-manual="{int("automatic" in v)}" '
+            f'data-locked="{int(bool(v.get("licence_rejected")))}" data-reason="{e(reason_class(v))}">'
+            f'<img src="review/{e(v["id"])}.jpg" alt="{e(v["id"])}" loading="lazy">'
+            f'<figcaption><b>{e(v["id"])}</b> <span class="split">{v["split"]}</span> '
+            f'<span class="badge"></span><br>'
+            f'<span class="reason">{e(v["reason"])}</span><br>'
+            f'<small>{e(str(v["source"]))}{credit}</small></figcaption></figure>')
+
+
+# The page's behaviour: plain JavaScript, no network, works from file://.
+SCRIPT = r"""
+(function () {
+  const cards = Array.from(document.querySelectorAll('.card'));
+  let focus = -1;
+  const visible = () => cards.filter(c => !c.hidden);
+  function setVerdict(card, verdict) {
+    if (card.dataset.locked === '1') { flash(card); return; }
+    card.dataset.verdict = verdict;
+    card.classList.toggle('kept', verdict === 'kept');
+    card.classList.toggle('rejected', verdict === 'rejected');
+    card.classList.toggle('changed', verdict !== card.dataset.built);
+    card.querySelector('.badge').textContent = verdict !== card.dataset.built ? 'changed to ' + verdict : '';
+    update();
+  }
+  function flash(card) { card.classList.add('locked-flash'); setTimeout(() => card.classList.remove('locked-flash'), 400); }
+  function toggle(card) { setVerdict(card, card.dataset.verdict === 'kept' ? 'rejected' : 'kept'); }
+  function setFocus(card) {
+    cards.forEach(c => c.classList.remove('focus'));
+    if (!card) { focus = -1; return; }
+    focus = cards.indexOf(card);
+    card.classList.add('focus');
+    card.focus({preventScroll: true});
+    card.scrollIntoView({block: 'nearest'});
+  }
+  // The decisions file: every image whose verdict is not the automatic one, or that had a
+  // manual decision before, as "id,keep" / "id,reject" (the --decisions format).
+  function decisions() {
+    return cards.filter(c => c.dataset.locked !== '1' &&
+                             (c.dataset.verdict !== c.dataset.automatic || c.dataset.manual === '1'))
+                .map(c => c.dataset.id + ',' + (c.dataset.verdict === 'kept' ? 'keep' : 'reject'));
+  }
+  function update() {
+    const v = document.getElementById('filter-verdict').value;
+    const r = document.getElementById('filter-reason').value;
+    let shown = 0;
+    cards.forEach(c => {
+      const ok = (v === 'all' || (v === 'changed' ? c.dataset.verdict !== c.dataset.built : c.dataset.verdict === v)) &&
+                 (r === 'all' || c.dataset.reason === r);
+      c.hidden = !ok;
+      shown += ok;
+    });
+    const kept = cards.filter(c => c.dataset.verdict === 'kept').length;
+    const changed = cards.filter(c => c.dataset.verdict !== c.dataset.built).length;
+    document.getElementById('counts').textContent =
+      kept + ' kept, ' + (cards.length - kept) + ' rejected, ' + changed + ' changed here, ' + shown + ' shown';
+    document.getElementById('download').textContent = 'Download decisions.csv (' + decisions().length + ')';
+  }
+  cards.forEach(c => c.addEventListener('click', ev => {
+    if (ev.target.closest('a')) return;
+    setFocus(c); toggle(c);
+  }));
+  document.getElementById('filter-verdict').addEventListener('change', update);
+  document.getElementById('filter-reason').addEventListener('change', update);
+  document.getElementById('download').addEventListener('click', () => {
+    const text = 'id,decision\n' + decisions().map(l => l + '\n').join('');
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([text], {type: 'text/csv'}));
+    a.download = 'decisions.csv';
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  });
+  document.addEventListener('keydown', ev => {
+    if (ev.target.tagName === 'SELECT' || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const vis = visible();
+    if (!vis.length) return;
+    const at = vis.indexOf(cards[focus]);
+    if (['ArrowRight', 'ArrowDown', 'ArrowLeft', 'ArrowUp'].includes(ev.key)) {
+      const step = ev.key === 'ArrowRight' || ev.key === 'ArrowDown' ? 1 : -1;
+      setFocus(vis[at < 0 ? 0 : Math.min(vis.length - 1, Math.max(0, at + step))]);
+      ev.preventDefault();
+    } else if ((ev.key === 'k' || ev.key === 'r') && at >= 0) {
+      setVerdict(vis[at], ev.key === 'k' ? 'kept' : 'rejected');
+    } else if (ev.key === ' ' && at >= 0) {
+      toggle(vis[at]); ev.preventDefault();
+    }
+  });
+  update();
+})();
+"""
+
+
 def write_review(out: Path, verdicts: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+    """OUT/review.html: every candidate as a card one can click to change its verdict, with
+    filters and a button that downloads the changes as a --decisions file."""
     thumbs = out / "review"
     thumbs.mkdir(exist_ok=True)
-    cards = {"kept": [], "rejected": []}
     for v in verdicts:
         tp = thumbs / f"{v['id']}.jpg"
         if not tp.exists():
@@ -39,32 +156,44 @@ def write_review(out: Path, verdicts: list[dict[str, Any]], failed: list[dict[st
             if src.exists():
                 atomic_write_bytes(tp, encode_image(draw_thumbnail(read_image(src), v["detections"]), ".jpg",
                                                     jpeg_quality=85))
-        cards[v["verdict"]].append(
-            f'<figure class="card {v["verdict"]}" data-id="{html.escape(v["id"])}" data-verdict="{v["verdict"]}">'
-            f'<img src="review/{html.escape(v["id"])}.jpg" alt="{html.escape(v["id"])}" loading="lazy">'
-            f'<figcaption><b>{html.escape(v["id"])}</b> <span class="split">{v["split"]}</span><br>'
-            f'<span class="reason">{html.escape(v["reason"])}</span><br>'
-            f'<small>{html.escape(str(v["source"]))}</small></figcaption></figure>')
-    rows = "".join(f'<tr class="failed"><td>{html.escape(str(r["source"]))}</td><td>{html.escape(r.get("stage", ""))}</td>'
-                   f'<td>{html.escape(r.get("reason", ""))}</td></tr>' for r in failed)
+    ordered = sorted(verdicts, key=lambda v: (v["verdict"] != "kept", v["id"]))
+    cards = "".join(_card(v) for v in ordered)
+    e = html.escape
+    reasons = sorted({reason_class(v) for v in verdicts})
+    reason_opts = "".join(f'<option value="{e(r)}">{e(r)}</option>' for r in reasons)
+    n_kept = sum(v["verdict"] == "kept" for v in verdicts)
+    rows = "".join(f'<tr class="failed"><td>{e(str(r["source"]))}</td><td>{e(r.get("stage", ""))}</td>'
+                   f'<td>{e(r.get("reason", ""))}</td></tr>' for r in failed)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bg20k review</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
-.card {{ width: {THUMB_WIDTH}px; margin: 0; background: #fff; border: 3px solid #ccc; }}
-.card.kept {{ border-color: #2a2; }} .card.rejected {{ border-color: #c22; }}
+.bar {{ position: sticky; top: 0; background: #fafafa; padding: 6px 0; z-index: 2; border-bottom: 1px solid #ddd; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 10px; margin-top: 10px; }}
+.card {{ width: {THUMB_WIDTH}px; margin: 0; background: #fff; border: 4px solid #ccc; cursor: pointer; outline: none; }}
+.card.kept {{ border-color: #2a2; }} .card.rejected {{ border-color: #c22; opacity: 0.8; }}
+.card.changed {{ box-shadow: 0 0 0 3px #f90; }} .card.focus {{ outline: 3px dashed #06c; outline-offset: 2px; }}
+.card.locked-flash {{ background: #fdd; }}
+.badge {{ color: #c60; font-weight: bold; }} .licence {{ color: #246; }}
 .card img {{ width: 100%; display: block; }} figcaption {{ padding: 4px; font-size: 12px; word-break: break-all; }}
 td {{ padding: 2px 8px; font-size: 13px; }}
 </style></head><body>
 <h1>bg20k review</h1>
-<p>{len(cards['kept'])} kept, {len(cards['rejected'])} rejected, {len(failed)} sources failed or too small.
-To override a verdict, write a CSV of <code>id,keep</code> or <code>id,reject</code> lines and pass it with
-<code>--decisions FILE</code> on the next run.</p>
-<h2 id="kept">Kept ({len(cards['kept'])})</h2><div class="grid">{''.join(cards['kept'])}</div>
-<h2 id="rejected">Rejected ({len(cards['rejected'])})</h2><div class="grid">{''.join(cards['rejected'])}</div>
-<h2 id="failed">Failed or too small ({len(failed)})</h2>
+<p>{n_kept} kept, {len(verdicts) - n_kept} rejected, {len(failed)} sources failed, too small or barred by the licence
+rule. Click a card to change its verdict (or move with the arrow keys, then <kbd>k</kbd> keep, <kbd>r</kbd> reject,
+space toggles). Then download <code>decisions.csv</code> and run the same <code>bg20k build</code> command with
+<code>--decisions decisions.csv</code>: the images move. Licence rejections cannot be overridden here.</p>
+<div class="bar">
+<label>verdict <select id="filter-verdict"><option value="all">all</option><option value="kept">kept</option>
+<option value="rejected">rejected</option><option value="changed">changed here</option></select></label>
+<label>reason <select id="filter-reason"><option value="all">all</option>{reason_opts}</select></label>
+<button id="download" type="button">Download decisions.csv</button>
+<span id="counts"></span>
+</div>
+<div class="grid" id="cards">{cards}</div>
+<h2 id="failed">Failed, too small or barred by the licence rule ({len(failed)})</h2>
 <table><tr><th>source</th><th>stage</th><th>reason</th></tr>{rows}</table>
+<script>{SCRIPT}</script>
 </body></html>
 """
     atomic_write_bytes(out / "review.html", page.encode("utf-8"))

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bg20k.build import BuildConfig, content_id, run_build, split_of
+from bg20k.build import BuildConfig, run_build, split_of
 from bg20k.dedup import duplicate_groups, near_pairs
 from bg20k.download import fetch, read_url_list
 from bg20k.screen import Detection, rejecting_detection

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import shared
 from .test_gfm_train import small_real_set
 
 

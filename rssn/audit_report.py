@@ -1,0 +1,247 @@
+"""The outputs of `rssn audit`: audit.csv, audit.json, summary.json, hist/*.png, thumbs/ and
+report.html (self-contained, relative links, works from file:// with no network).
+
+Everything but summary.json (timings) depends only on the inputs and settings: the same
+audit gives the same bytes.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .imageio import atomic_write_bytes, encode_image
+
+if TYPE_CHECKING:
+    from .audit import AuditConfig, AuditItem, AuditResult
+
+THUMB_WIDTH = 220
+EXTRA_COLUMNS = ("fg_px", "bg_px", "pixels")
+
+MEANING = {
+    "noise_fg": "noise std of the foreground, 0-255", "noise_bg": "noise std of the background, 0-255",
+    "noise_gap": "log2(noise bg / noise fg)",
+    "sharp_fg": "sharpness of the foreground", "sharp_bg": "sharpness of the background",
+    "sharp_gap": "log2(sharpness bg / fg)",
+    "res_fg": "effective resolution of the foreground (fraction of Nyquist)",
+    "res_bg": "effective resolution of the background (fraction of Nyquist)", "res_gap": "log2(resolution bg / fg)",
+    "lum_gap": "lightness L* bg - fg", "sat_gap": "saturation bg - fg", "temp_gap": "colour temperature bg - fg (mired)",
+    "contrast_gap": "log2(local contrast bg / fg)", "sem_bg": "salient objects detected in the background",
+}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)
+
+
+def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "AuditItem"]) -> None:
+    out = cfg.out_dir
+    order = {s.name: i for i, s in enumerate(result.sets)}
+    rows = sorted(result.rows, key=lambda r: (order[r["set"]], r["name"]))
+    header = ["set", "name", "status", "reason", *result.columns, *EXTRA_COLUMNS]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow([_fmt(r.get(c)) for c in header])
+    atomic_write_bytes(out / "audit.csv", buf.getvalue().encode())
+
+    from .audit import farthest, gap_columns, settings_doc
+
+    gaps = gap_columns(result.columns)
+    far = farthest(rows, result.measures, result.reference, gaps, cfg.far)
+    failures = [{"set": s.name, "path": f["path"], "reason": f["reason"]} for s in result.sets for f in s.failures]
+    failures += [{"set": r["set"], "name": r["name"], "status": r["status"], "reason": r["reason"]}
+                 for r in rows if r.get("status") != "ok"]
+    sets_doc = {}
+    for s in result.sets:
+        mine = [r for r in rows if r["set"] == s.name]
+        sets_doc[s.name] = {"root": s.root, "kind": s.kind, "images": len(s.items),
+                            "ok": sum(r.get("status") == "ok" for r in mine),
+                            "too_small": sum(r.get("status") == "too_small" for r in mine),
+                            "failed": sum(r.get("status") == "failed" for r in mine), "input_failures": len(s.failures)}
+    doc = {"reference": result.reference, "sets": sets_doc, "measures": result.measures, "farthest": far,
+           "failures": failures, "meaning": {c: MEANING[c] for c in result.columns}, "settings": settings_doc(cfg)}
+    atomic_write_bytes(out / "audit.json", (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    seconds = [r["seconds"] for r in result.rows if r.get("seconds") is not None]
+    mpix = sum(r.get("pixels") or 0 for r in result.rows if r.get("seconds") is not None) / 1e6
+    summary = {"seconds": round(result.seconds, 3), "measured_now": result.measured_now, "reused": result.reused,
+               "measure_seconds_per_image": round(sum(seconds) / len(seconds), 4) if seconds else None,
+               "measure_seconds_per_1080p_image": round(sum(seconds) / mpix * 1920 * 1080 / 1e6, 4) if mpix else None,
+               "workers": cfg.workers}
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    hists = write_histograms(out / "hist", rows, [s.name for s in result.sets], result.reference, result.columns)
+    thumbs = write_thumbnails(out / "thumbs", far, by_key)
+    write_html(out / "report.html", result, far, hists, thumbs, by_key, sets_doc)
+
+
+def write_histograms(folder: Path, rows: list[dict], set_names: list[str], reference: str,
+                     columns: tuple[str, ...]) -> dict[str, str]:
+    """One PNG per measure, the sets' distributions overlaid on shared bins; returns relative paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .audit import _finite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for col in columns:
+        data = {s: _finite([r for r in rows if r["set"] == s], col) for s in set_names}
+        allv = np.concatenate([v for v in data.values() if len(v)] or [np.zeros(0)])
+        if len(allv) == 0:
+            continue
+        lo, hi = float(allv.min()), float(allv.max())
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 25)
+        fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=100)
+        for s in set_names:
+            if len(data[s]):
+                ax.hist(data[s], bins=bins, density=True, histtype="step", linewidth=2.2 if s == reference else 1.4,
+                        label=f"{s} (reference)" if s == reference else s)
+        ax.set_title(col, fontsize=10)
+        ax.set_xlabel(MEANING[col], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        plt.close(fig)
+        atomic_write_bytes(folder / f"{col}.png", buf.getvalue())
+        paths[col] = f"hist/{col}.png"
+    return paths
+
+
+def write_thumbnails(folder: Path, far: dict[str, list[dict]], by_key: dict[str, "AuditItem"]) -> dict[str, str]:
+    import cv2
+
+    from .audit import read_pair
+
+    done: dict[str, str] = {}
+    for entries in far.values():
+        for e in entries:
+            key = f"{e['set']}/{e['name']}"
+            if key in done:
+                continue
+            rel = f"thumbs/{e['set']}/{e['name']}.jpg"
+            try:
+                image, _ = read_pair(by_key[key])
+            except Exception:
+                continue
+            h, w = image.shape[:2]
+            t = cv2.resize(image, (THUMB_WIDTH, max(1, round(h * THUMB_WIDTH / w))), interpolation=cv2.INTER_AREA)
+            (folder / e["set"]).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(folder.parent / rel, encode_image(t, ".jpg", jpeg_quality=85))
+            done[key] = rel
+    return done
+
+
+def describe_ops(ops: tuple) -> str:
+    """The composite's operations in one line: 'bm3d bg sigma=0.74 · box_blur bg k=60 · ...'."""
+    parts = []
+    for o in ops:
+        d = json.loads(o)
+        name = d.pop("op")
+        if name in ("blend",):
+            continue
+        d.pop("seed", None)
+        d.pop("clip", None)
+        target = d.pop("target", "")
+        args = " ".join(f"{k}={v}" for k, v in sorted(d.items()))
+        parts.append(" ".join(x for x in (name, target, args) if x))
+    return " · ".join(parts) or "blend only"
+
+
+def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hists: dict[str, str],
+               thumbs: dict[str, str], by_key: dict[str, "AuditItem"], sets_doc: dict[str, dict]) -> None:
+    e = html.escape
+    from .audit import gap_columns
+
+    gaps = gap_columns(result.columns)
+    names = [s.name for s in result.sets]
+    ref = result.reference
+
+    def cell(col: str, s: str) -> str:
+        m = result.measures[col][s]
+        if s == ref:
+            return '<td class="ref">reference</td>'
+        if m["w1"] is None:
+            return "<td>–</td>"
+        others = [result.measures[col][t]["w1"] for t in names if t != ref and result.measures[col][t]["w1"] is not None]
+        best = ' class="best"' if len(others) > 1 and m["w1"] == min(others) else ""
+        return f"<td{best}>{m['w1']:.3g}</td>"
+
+    dist = "".join(f"<tr><th>{e(s)}</th><td>{sets_doc[s]['ok']}</td>" + "".join(cell(c, s) for c in gaps) + "</tr>"
+                   for s in names)
+    medians = "".join(
+        f"<tr><th>{e(s)}</th>" + "".join(
+            (f"<td>{result.measures[c][s]['median']:.3g} <small>[{result.measures[c][s]['q1']:.3g}, "
+             f"{result.measures[c][s]['q3']:.3g}]</small></td>") if result.measures[c][s]["median"] is not None
+            else "<td>–</td>" for c in result.columns) + "</tr>" for s in names)
+    figs = "".join(f'<figure class="hist"><img src="{e(p)}" alt="histogram of {e(c)}"><figcaption>{e(c)}: '
+                   f'{e(MEANING[c])}</figcaption></figure>' for c, p in hists.items())
+    far_html = []
+    for col in gaps:
+        ref_med = result.measures[col][ref]["median"]
+        cards = []
+        for f in far.get(col, []):
+            key = f"{f['set']}/{f['name']}"
+            item = by_key[key]
+            img = f'<img src="{e(thumbs[key])}" alt="{e(key)}">' if key in thumbs else ""
+            ops = describe_ops(item.ops) if item.ops else "a photo (no operations)"
+            cards.append(f'<figure class="card">{img}<figcaption><b>{e(key)}</b><br>{e(col)} = {f["value"]:.3g} '
+                         f'(reference median {ref_med:.3g})<br><span class="ops">{e(ops)}</span><br>'
+                         f'<small>{e(item.source)}</small></figcaption></figure>')
+        if cards:
+            far_html.append(f'<h3>{e(col)}</h3><div class="grid">{"".join(cards)}</div>')
+    fails = [(r["set"], r["name"], r["status"], r.get("reason", "")) for r in result.rows if r.get("status") != "ok"]
+    fails += [(s.name, f["path"], "input", f["reason"]) for s in result.sets for f in s.failures]
+    fail_rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(c)}</td><td>{e(d)}</td></tr>" for a, b, c, d in fails)
+    head = "".join(f'<th title="{e(MEANING[c])}">{e(c)}</th>' for c in gaps)
+    mhead = "".join(f'<th title="{e(MEANING[c])}">{e(c)}</th>' for c in result.columns)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>rssn audit</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; font-size: 13px; text-align: right; }}
+th {{ background: #eee; }} td.ref {{ color: #777; font-style: italic; }} td.best {{ font-weight: bold; background: #dfd; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+.card {{ width: {THUMB_WIDTH}px; margin: 0; background: #fff; border: 1px solid #ccc; }}
+.card img {{ width: 100%; display: block; }} figcaption {{ padding: 4px; font-size: 12px; word-break: break-word; }}
+.hist {{ display: inline-block; margin: 4px; background: #fff; border: 1px solid #ddd; }}
+.ops {{ color: #246; }}
+</style></head><body>
+<h1>rssn audit</h1>
+<p>Reference: <b>{e(ref)}</b>. Each image's foreground (alpha &ge; 0.99) and background (alpha &le; 0.01), eroded
+away from the boundary, are measured; a <i>gap</i> compares the background with the foreground. A set whose gaps are
+distributed like the reference's is closer to real photos.</p>
+<h2 id="distance">Distance to the reference</h2>
+<p>Wasserstein-1 distance between the set's per-image gaps and the reference's (lower is closer to real; the
+closest set per measure in bold).</p>
+<table id="distance-table"><tr><th>set</th><th>images</th>{head}</tr>{dist}</table>
+<h2 id="medians">Medians [quartiles]</h2>
+<table id="median-table"><tr><th>set</th>{mhead}</tr>{medians}</table>
+<h2 id="histograms">Histograms</h2>
+<div>{figs}</div>
+<h2 id="farthest">Farthest from the reference</h2>
+<p>Per gap measure, the images of the other sets farthest from the reference's median, with the operations the
+composite's manifest records.</p>
+{''.join(far_html)}
+<h2 id="failures">Not scored ({len(fails)})</h2>
+<table><tr><th>set</th><th>image</th><th>status</th><th>reason</th></tr>{fail_rows}</table>
+</body></html>
+"""
+    atomic_write_bytes(path, page.encode("utf-8"))
