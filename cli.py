@@ -70,18 +70,26 @@ def overwrite_option(f):
 
 
 @contextlib.contextmanager
+def held_output(out: Path, command: str):
+    """Hold OUT/.lock for the run; a folder another run holds stops the command with exit 2."""
+    from rssn.outdir import OutputFolderBusy, output_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(output_lock(out, command))
+        except OutputFolderBusy as exc:
+            _fail_usage(str(exc))
+        yield
+
+
+@contextlib.contextmanager
 def claimed_output(out: Path, command: str, settings: dict, *, may_grow: tuple[str, ...] = (),
                    may_change: tuple[str, ...] = (), overwrite: str | None = None):
     """Hold OUT/.lock for the run and check (then record) the settings that decide its bytes;
     a busy folder or changed settings stop the command with exit 2 before any work."""
-    from rssn.outdir import OutputFolderBusy, SettingsChanged, check_settings, output_lock
+    from rssn.outdir import SettingsChanged, check_settings
 
-    try:
-        lock = output_lock(out, command)
-        lock.__enter__()
-    except OutputFolderBusy as exc:
-        _fail_usage(str(exc))
-    try:
+    with held_output(out, command):
         try:
             message = check_settings(out, command, settings, may_grow=may_grow, may_change=may_change,
                                      overwrite=overwrite)
@@ -90,8 +98,6 @@ def claimed_output(out: Path, command: str, settings: dict, *, may_grow: tuple[s
         if message:
             click.echo(message, err=True)
         yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _parse_kernels(value: str) -> tuple[int, ...]:
@@ -115,14 +121,6 @@ def executor_options(f):
     f = click.option("--ray-address", default=None, help="Ray cluster address  [default: start a local Ray instance]")(f)
     return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                         help="local processes, or tasks on a Ray cluster (same outputs).")(f)
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    import json
-
-    from rssn.imageio import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
 def _summary_table(rows: list[tuple[str, object]]) -> str:
@@ -337,7 +335,6 @@ def rssn_audit(sets: tuple[str, ...], reference: str | None, out_dir: Path, clas
       rssn audit --set rssn=comp/rssn --set real=photos --out audit --detector ~/weights/yolov8n.pt
     """
     from rssn.audit import AuditConfig, AuditError, parse_set, run_audit
-    from rssn.outdir import OutputFolderBusy, output_lock
 
     try:
         parsed = [parse_set(v) for v in sets]
@@ -354,10 +351,8 @@ def rssn_audit(sets: tuple[str, ...], reference: str | None, out_dir: Path, clas
     from bg20k.screen import DetectorError
 
     try:
-        with output_lock(out_dir, "rssn audit"):
+        with held_output(out_dir, "rssn audit"):
             result = run_audit(cfg, progress=not quiet)
-    except OutputFolderBusy as exc:
-        _fail_usage(str(exc))
     except (AuditError, DetectorError) as exc:
         _fail_usage(str(exc))
     from rssn.audit import gap_columns
@@ -659,6 +654,7 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     from gfm.checkpoint import load_model
     from gfm.predict import collect_inputs, run_predict
     from gfm.train import pick_device
+    from rssn.imageio import atomic_write_json
 
     check_output_folder(out_dir, {"--input": input_path},
                         lambda o, f: (o / f"{f.stem}.png", o / "rgba" / f"{f.stem}.png"))
@@ -673,7 +669,7 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     with claimed_output(out_dir, "gfm predict", settings, overwrite=overwrite):
         res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, progress=not quiet,
                           glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side or None)
-        _write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
+        atomic_write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
                                                "written": len(res.written), "failures": res.failures,
                                                "seconds": round(res.seconds, 3), "peak_memory_mb": round(res.peak_memory_mb, 1),
                                                "device": str(dev)})

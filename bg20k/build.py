@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -25,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from rssn.imageio import (
-    DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, encode_image, list_images, read_image,
+    DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, atomic_write_json, encode_image, list_images, read_image,
     remove_stale_temporaries,
 )
 from rssn.manifest import Manifest
 
 from .dedup import duplicate_groups, hash_to_int
-from .download import fetch, read_url_records
+from .download import ATTRIBUTION_FIELDS, fetch, read_url_records
 from .licenses import license_rejection
 from .screen import Detection, Detector, rejecting_detection
 
@@ -350,7 +349,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     stats.counts["train"] = sum(1 for i in kept if verdicts[i]["split"] == "train")
     stats.counts["testval"] = len(kept) - stats.counts["train"]
     stats.seconds["total"] = time.perf_counter() - t_all
-    atomic_write_bytes(out / "verdicts.json", (json.dumps([verdicts[i] for i in ids], indent=1) + "\n").encode())
+    atomic_write_json(out / "verdicts.json", [verdicts[i] for i in ids], indent=1)
     write_stats(out / "stats.json", stats, cfg)
     write_attribution(out / "ATTRIBUTION.csv", [verdicts[i] for i in sorted(kept)])
     from .review import write_review
@@ -446,10 +445,10 @@ def write_attribution(path: Path, kept: list[dict[str, Any]]) -> None:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "url", "license", "author", "source"])
+    w.writerow(["id", "url", *ATTRIBUTION_FIELDS])
     for v in kept:
         a = v.get("attribution", {})
-        w.writerow([v["id"], v["source"], a.get("license", ""), a.get("author", ""), a.get("source", "")])
+        w.writerow([v["id"], v["source"], *(a.get(k, "") for k in ATTRIBUTION_FIELDS)])
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
@@ -460,4 +459,4 @@ def write_stats(path: Path, stats: Stats, cfg: BuildConfig) -> None:
            "seconds": {k: round(v, 3) for k, v in stats.seconds.items()}, "images_per_second": per_second,
            "config": {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if isinstance(v, tuple) else v)
                       for k, v in asdict(cfg).items()}}
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_json(path, doc)

@@ -104,17 +104,17 @@ def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
     """HTTP and HTTPS handlers whose connections register their sockets with ``deadline`` and
     connect within the time that is left."""
 
-    class Conn(http.client.HTTPConnection):
+    class OnDeadline:  # before HTTP(S)Connection in the bases: its connect wraps theirs
         def connect(self) -> None:
             self.timeout = deadline.remaining()
             super().connect()
             deadline.register(self.sock)
 
-    class SecureConn(http.client.HTTPSConnection):
-        def connect(self) -> None:
-            self.timeout = deadline.remaining()
-            super().connect()
-            deadline.register(self.sock)
+    class Conn(OnDeadline, http.client.HTTPConnection):
+        pass
+
+    class SecureConn(OnDeadline, http.client.HTTPSConnection):
+        pass
 
     class Plain(urllib.request.HTTPHandler):
         def http_open(self, req):

@@ -28,14 +28,20 @@ def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def read_torch_file(path: str | Path, missing: str, unreadable: str, error: type[Exception] = ValueError) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a missing file is a FileNotFoundError and any
+    other failure an ``error``, both naming the file ("PATH: missing" / "PATH: unreadable (why)")."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {missing}") from None
+    except Exception as exc:
+        raise error(f"{path}: {unreadable} ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, or a ValueError that says what the file is not."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found") from None
-    except Exception as exc:
-        raise ValueError(f"{path}: not a gfm checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    ckpt = read_torch_file(path, "checkpoint not found", "not a gfm checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         if isinstance(ckpt, dict) and any(k.startswith(("encoder0.", "resnet.", "densenet.")) for k in ckpt):
             raise ValueError(f"{path}: this is an official GFM state_dict, not a gfm-toolkit checkpoint; "

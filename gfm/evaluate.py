@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rssn.imageio import ImageReadError, Matte, atomic_write_bytes, read_matte, write_image
+from rssn.imageio import ImageReadError, Matte, atomic_write_bytes, atomic_write_json, read_matte, write_image
 from rssn.layout import files_by_stem
 
 from .metrics import METRIC_COLUMNS, evaluate_dim, evaluate_gfm
@@ -171,7 +170,7 @@ def write_json(result: EvalResult, path: Path) -> None:
     doc = {"protocol": result.protocol, "means": result.means(), "count": len(result.rows),
            "failed": len(result.failures), "failures": result.failures, "seconds": round(result.seconds, 3),
            "images": result.rows}
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_json(path, doc)
 
 
 def summary_table(result: EvalResult) -> str:

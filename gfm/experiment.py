@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rssn.imageio import atomic_write_bytes
+from rssn.imageio import atomic_write_bytes, atomic_write_json
 
 # Table 4's arms: the RSSN route with one step at a time, and the plain blend
 DEFAULT_ARMS: dict[str, dict[str, Any]] = {
@@ -103,10 +103,6 @@ class ArmResult:
     which: str  # last | best
     means: dict[str, float] = field(default_factory=dict)
     epoch: int = 0
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
 def compose_config(cfg: ExperimentConfig, overrides: dict[str, Any], out: Path, seed: int):
@@ -204,7 +200,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
                 if not path.exists():
                     doc = evaluate_checkpoint(ckpt, cfg.val, stage / f"pred-{which}", device)
                     doc["epoch"] = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
-                    _write_json(path, doc)
+                    atomic_write_json(path, doc)
                 doc = json.loads(path.read_text())
                 results.append(ArmResult(arm, r, which, doc["means"], doc["epoch"]))
             timings[f"{arm}/r{r}/evaluate"] = round(time.perf_counter() - t, 2)
@@ -213,8 +209,8 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
     if rank != 0:
         return results
     write_results(cfg, results)
-    _write_json(cfg.out / "experiment.json", experiment_record(cfg, arms, device, timings,
-                                                               time.perf_counter() - t_start))
+    atomic_write_json(cfg.out / "experiment.json",
+                      experiment_record(cfg, arms, device, timings, time.perf_counter() - t_start))
     return results
 
 

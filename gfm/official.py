@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .checkpoint import read_torch_file
 from .model import GFM, ModelConfig, glance_probabilities
 
 
@@ -25,12 +26,7 @@ class OfficialWeightsError(ValueError):
 def _read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     if isinstance(source, Mapping):
         return source
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{source}: no such weights file") from None
-    except Exception as exc:
-        raise OfficialWeightsError(f"{source}: not a PyTorch state_dict ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    state = read_torch_file(source, "no such weights file", "not a PyTorch state_dict", OfficialWeightsError)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

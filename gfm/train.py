@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rssn.imageio import atomic_write_bytes
+from rssn.imageio import atomic_write_bytes, atomic_write_json
 from rssn.seeding import derive_rng
 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_config_of, save_checkpoint
@@ -383,7 +383,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
             save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg), out / "last.pt")
             _write_losses_csv(losses_csv, rows)
             plot_curves(rows, out / "loss_curves.png")
-            atomic_write_bytes(out / "history.json", (json.dumps(state.history, indent=2) + "\n").encode())
+            atomic_write_json(out / "history.json", state.history)
             log("epoch {epoch}: loss {loss:.4f}".format(**record) +
                 (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else ""))
     if distributed:

@@ -112,6 +112,9 @@ def find_set(name: str, root: Path, limit: int | None = None) -> SetInfo:
     records = _composites(manifest) if manifest.is_file() else []
     if records:
         items, failures = _composite_items(name, root, records, manifest)
+        if not items:
+            raise AuditError(f"--set {name}={root}: its composites have no image/ and alpha/ files (a webdataset "
+                             "output?); compose with --format png or jpg to audit them")
         info = SetInfo(name, str(root), "composites", items, failures)
     else:
         photos = [d for d in PHOTO_DIRS if (root / d).is_dir()]

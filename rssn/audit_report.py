@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .imageio import atomic_write_bytes, encode_image
+from .imageio import atomic_write_bytes, atomic_write_json, encode_image
 
 if TYPE_CHECKING:
     from .audit import AuditConfig, AuditItem, AuditResult
@@ -70,14 +70,14 @@ def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "
                             "failed": sum(r.get("status") == "failed" for r in mine), "input_failures": len(s.failures)}
     doc = {"reference": result.reference, "sets": sets_doc, "measures": result.measures, "farthest": far,
            "failures": failures, "meaning": {c: MEANING[c] for c in result.columns}, "settings": settings_doc(cfg)}
-    atomic_write_bytes(out / "audit.json", (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "audit.json", doc, indent=1, sort_keys=True)
     seconds = [r["seconds"] for r in result.rows if r.get("seconds") is not None]
     mpix = sum(r.get("pixels") or 0 for r in result.rows if r.get("seconds") is not None) / 1e6
     summary = {"seconds": round(result.seconds, 3), "measured_now": result.measured_now, "reused": result.reused,
                "measure_seconds_per_image": round(sum(seconds) / len(seconds), 4) if seconds else None,
                "measure_seconds_per_1080p_image": round(sum(seconds) / mpix * 1920 * 1080 / 1e6, 4) if mpix else None,
                "workers": cfg.workers}
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_json(out / "summary.json", summary)
 
     hists = write_histograms(out / "hist", rows, [s.name for s in result.sets], result.reference, result.columns)
     thumbs = write_thumbnails(out / "thumbs", far, by_key)

@@ -475,13 +475,11 @@ def _record_failure(manifest: Manifest, summary: Summary, rec: dict[str, Any]) -
 
 
 def _write_summary(cfg: ComposeConfig, summary: Summary) -> None:
-    import json
-
-    from .imageio import atomic_write_bytes
+    from .imageio import atomic_write_json
 
     doc = {"command": "rssn compose", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
            "summary": summary.as_dict()}
-    atomic_write_bytes(cfg.out_dir / "summary.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    atomic_write_json(cfg.out_dir / "summary.json", doc)
 
 
 # ------------------------------------------------------------------ rssn denoise

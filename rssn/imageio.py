@@ -15,6 +15,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -335,6 +336,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """``doc`` as JSON plus a newline, written atomically; values JSON cannot hold (paths, ...) as str."""
+    import json
+
+    atomic_write_bytes(path, (json.dumps(doc, indent=indent, sort_keys=sort_keys, default=str) + "\n").encode())
 
 
 def encode_image(arr: np.ndarray, ext: str, *, png_level: int = 1, jpeg_quality: int = 95) -> bytes:

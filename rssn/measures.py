@@ -3,8 +3,10 @@
 The paper (GFM, section 4) names four discrepancies between composites and real photos:
 resolution, sharpness, noise and semantics. Each function here measures one of them, or one of
 the colour statistics of Xue et al. 2012 that the paper cites, on the pixels of one region of
-an image (a boolean mask). All functions are pure: float arrays on the 0-255 scale in, one
-number out, inputs never modified. A region too small to measure gives NaN.
+an image (a boolean mask). All functions are pure: an RGB image (uint8, or float on the 0-255
+scale) and a mask in, one number out, inputs never modified. A region too small to measure
+gives NaN. The per-image arrays they share (luma, filter responses, Lab, HSV) are computed once
+per image by `ImageMaps`, so `measure_image` runs each filter once for both regions.
 
 The audit compares the background region of an image with its foreground region: in a real
 photo both come from one camera and one exposure, in a composite they do not.
@@ -24,7 +26,6 @@ MIN_REGION_PX = 1024  # a region with fewer pixels is "too small to measure"
 # Immerkaer's noise mask: the difference of two Laplacians; it cancels any locally quadratic
 # signal, and for white noise of std s its response has std 6 s (sum of squares 36).
 _NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-_LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
 CONTRAST_WINDOW = 63      # px, the local-contrast window of `sharpness`
 COLOUR_CONTRAST_WINDOW = 15  # px, the local-contrast window of Xue et al.'s statistic
 RES_TILE = 64             # px, the tile of the spectrum in `effective_resolution`
@@ -242,7 +243,8 @@ def effective_resolution(image: np.ndarray | ImageMaps, mask: np.ndarray, size: 
     frequency where optics, resampling or compression cut it. We take its level over
     1/16-1/8 of Nyquist as the reference and report the first frequency above that band where
     it drops below 10 % of it (interpolated in log power between rings). An image upscaled by
-    a factor u has nothing above 1/u of Nyquist and scores about 1/u; noise fills the high
+    a factor u has nothing above 1/u of Nyquist and scores near 1/u (measured on the shared
+    scenes, bilinear: 0.36-0.60 for u = 2, 0.22-0.33 for u = 4); noise fills the high
     frequencies and raises the score, as it should (it is detail at the pixel level). Tiles
     are 64 px (32 px where no two 64 px tiles fit in the region).
     """

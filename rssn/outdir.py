@@ -142,7 +142,7 @@ def check_settings(out: Path, command: str, settings: dict[str, Any], *, may_gro
     if overwrite is not None and has_outputs(out):
         message = clear_outputs(out, overwrite)
     doc = {"command": command, "settings": new}
-    from .imageio import atomic_write_bytes
+    from .imageio import atomic_write_json
 
-    atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / SETTINGS_NAME, doc, sort_keys=True)
     return message
