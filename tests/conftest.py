@@ -1,7 +1,9 @@
 """Shared fixtures: the real data beside the checkout, and small synthetic inputs."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GFM_SHARED_DATA", REPO.parent / "shared" / "data"))
 SAMPLES = REPO / "samples"
 
-# Keep the tests' foreground and BM3D cache out of the user's ~/.cache (subprocesses inherit it).
+# Keep the tests' foreground and BM3D cache out of the user's ~/.cache (subprocesses inherit it);
+# removed when the test session ends.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gfm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 
 def shared(sub: str) -> Path:
