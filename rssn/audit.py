@@ -213,12 +213,12 @@ def measure_item(item: AuditItem, erode: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ detect (optional)
 
 
-def background_detections(dets, alpha: np.ndarray, conf: float, classes: set[str] | None,
+def background_detections(dets, bg: np.ndarray, conf: float, classes: set[str] | None,
                           min_box_fraction: float) -> list:
-    """The detections that lie in the background: a listed class, conf >= ``conf``, a box of
-    at least ``min_box_fraction`` of the image, at least half of whose pixels are background."""
-    h, w = alpha.shape
-    bg = (alpha <= 0.01)
+    """The detections that lie in the background mask ``bg`` (any resolution): a listed class,
+    conf >= ``conf``, a box of at least ``min_box_fraction`` of the image, at least half of whose
+    pixels are background."""
+    h, w = bg.shape
     out = []
     for d in dets:
         if d.conf < conf or (classes is not None and d.name not in classes) or d.area_fraction < min_box_fraction:
@@ -314,10 +314,11 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     rows_db = Manifest(out / "rows.jsonl")
     items = [it for info in infos for it in info.items]
     by_key = {f"{it.set}/{it.name}": it for it in items}
+    prints = {key: fingerprint(it, cfg.erode) for key, it in by_key.items()}
     todo, reused = [], 0
     for key, it in by_key.items():
         rec = rows_db.get(key)
-        if rec is not None and rec.get("fingerprint") == fingerprint(it, cfg.erode) and rec["status"] != "failed":
+        if rec is not None and rec.get("fingerprint") == prints[key] and rec["status"] != "failed":
             reused += 1
         else:
             todo.append(it)
@@ -327,7 +328,8 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
         it = todo[i]
         if exc is not None:  # a crashed worker fails this image, not the run
             row = {"set": it.set, "name": it.name, "status": "failed", "reason": f"{exc.__class__.__name__}: {exc}"}
-        rows_db.append({"key": f"{it.set}/{it.name}", "fingerprint": fingerprint(it, cfg.erode), **row})
+        key = f"{it.set}/{it.name}"
+        rows_db.append({"key": key, "fingerprint": prints[key], **row})
         bar.update(1)
     bar.close()
 
@@ -341,7 +343,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
         if cfg.detector:
             sem = rows_db.get(f"sem:{key}")
             if sem is not None and sem["detector"] == _detector_key(cfg) and rec.get("status") == "ok":
-                rec["sem_bg"] = len(background_detections(_dets(sem), _alpha_stub(sem), cfg.conf,
+                rec["sem_bg"] = len(background_detections(_dets(sem), _background_mask(sem), cfg.conf,
                                                           set(cfg.classes) if cfg.classes else None,
                                                           cfg.min_box_fraction))
         rows.append(rec)
@@ -365,11 +367,10 @@ def _dets(rec: dict) -> list:
     return [Detection.from_list(d) for d in rec["detections"]]
 
 
-def _alpha_stub(rec: dict) -> np.ndarray:
-    """The background mask stored with the detections, as a matte (1 = foreground)."""
+def _background_mask(rec: dict) -> np.ndarray:
+    """The background mask stored with the detections (64 x 64 cells)."""
     h, w = rec["mask_shape"]
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bg_mask"]), np.uint8))[: h * w].reshape(h, w)
-    return np.where(bits.astype(bool), 0.0, 1.0).astype(np.float32)
+    return np.unpackbits(np.frombuffer(bytes.fromhex(rec["bg_mask"]), np.uint8))[: h * w].reshape(h, w).astype(bool)
 
 
 MASK_SIDE = 64  # the background mask kept with the detections, at this many cells a side

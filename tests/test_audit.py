@@ -177,9 +177,9 @@ def test_background_detections_count_only_boxes_in_the_background():
             Detection("person", 0.9, (0.1, 0.1, 0.4, 0.9)),  # foreground
             Detection("dog", 0.9, (0.4, 0.1, 0.7, 0.3)),     # 2/3 background
             Detection("cat", 0.1, (0.6, 0.6, 0.9, 0.9))]     # too unsure
-    found = background_detections(dets, alpha, 0.25, None, 0.01)
+    found = background_detections(dets, alpha <= 0.01, 0.25, None, 0.01)
     assert [d.name for d in found] == ["bird", "dog"]
-    assert [d.name for d in background_detections(dets, alpha, 0.25, {"dog"}, 0.01)] == ["dog"]
+    assert [d.name for d in background_detections(dets, alpha <= 0.01, 0.25, {"dog"}, 0.01)] == ["dog"]
 
 
 # ------------------------------------------------------------------ end to end
