@@ -36,11 +36,51 @@ def _official_state_dict(variant: str) -> dict:
     return mod.state_dict(variant)
 
 
+def _official_outputs(model, x: torch.Tensor, rosta: str) -> tuple[dict, dict]:
+    """Our forward, keyed as the stored official outputs, and the glance map each fusion used."""
+    from gfm.official import official_forward
+
+    out = official_forward(model, x)
+    if rosta == "rim":
+        got = {f"{r}_{k}": t for r, trio in zip(("tt", "ft", "bt"), out[:3]) for k, t in zip(("glance", "focus", "fusion"), trio)}
+        got["fusion"] = out[3]
+        glances = {"tt_": got["tt_glance"], "ft_": got["ft_glance"], "bt_": got["bt_glance"], "": None}
+    else:
+        got = dict(zip(("glance", "focus", "fusion"), out))
+        glances = {"": got["glance"]}
+    return got, glances
+
+
+def _compare(got: dict, glances: dict, ref, rosta: str, atol: float) -> None:
+    """Every output within ``atol``; a fusion only where the glance argmax is not a near tie
+    (top-2 margin >= 1e-3, see ../shared/data/gfm-official/README.md), which covers > 90 %."""
+    assert sorted(got) == sorted(ref.files)
+    for name, t in got.items():
+        a, b = t.double().numpy(), ref[name].astype(np.float64)
+        assert a.shape == b.shape, name
+        if name.endswith("fusion") and name != "fusion" or (name == "fusion" and rosta != "rim"):
+            g = glances[name[: -len("fusion")]].double().numpy()
+            top2 = np.sort(g, axis=1)[:, -2:]
+            sure = np.broadcast_to((top2[:, 1] - top2[:, 0] >= 1e-3)[:, None], a.shape)
+            assert sure.mean() > 0.9  # the comparison covers most of the image
+            np.testing.assert_allclose(a[sure], b[sure], rtol=0, atol=atol, err_msg=name)
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_official_weights_load_and_match_the_official_outputs(variant, tmp_path):
-    """Every published variant: the authors' state_dict loads key for key and our forward gives
-    the outputs the authors' forward gave (stored in ../shared/data/gfm-official) within 1e-4."""
-    from gfm.official import load_official, official_forward
+    """Every published variant: the authors' state_dict loads key for key, and our forward in
+    float64 gives the outputs the authors' forward gave in float64 (../shared/data/gfm-official,
+    ``VARIANT.outputs64.npz``) within 1e-9.
+
+    Float64, not float32: float32 outputs of these deep random-weight networks depend on the
+    processor's kernels (oneDNN rounds differently on AMD and Intel, with or without AVX-512) and
+    the stored float32 outputs differ by up to 5e-3 (r101) between two machine kinds from the
+    same code. In float64 they agree to 2e-16 between machines and thread counts, so 1e-9 is a
+    bound that holds on any processor while a wrong layer, weight or fusion rule misses it by
+    many orders of magnitude."""
+    from gfm.official import load_official
 
     root = shared("gfm-official")
     backbone, rosta = variant.rsplit("_", 1)
@@ -52,27 +92,16 @@ def test_official_weights_load_and_match_the_official_outputs(variant, tmp_path)
     assert not model.training and model.config.input_range == "0-255"
     assert count_parameters(model) == OFFICIAL_PARAMETERS[(backbone, rosta)]
     x = torch.from_numpy(np.load(root / "input.npy"))
-    ref = np.load(root / f"{variant}.outputs.npz")
-    out = official_forward(model, x)
-    if rosta == "rim":
-        got = {f"{r}_{k}": t for r, trio in zip(("tt", "ft", "bt"), out[:3]) for k, t in zip(("glance", "focus", "fusion"), trio)}
-        got["fusion"] = out[3]
-        glances = {"tt_": got["tt_glance"], "ft_": got["ft_glance"], "bt_": got["bt_glance"], "": None}
-    else:
-        got = dict(zip(("glance", "focus", "fusion"), out))
-        glances = {"": got["glance"]}
-    assert sorted(got) == sorted(ref.files)
-    for name, t in got.items():
-        a, b = t.numpy(), ref[name]
-        assert a.shape == b.shape, name
-        if name.endswith("fusion") and name != "fusion" or (name == "fusion" and rosta != "rim"):
-            g = glances[name[: -len("fusion")]].numpy()
-            top2 = np.sort(g, axis=1)[:, -2:]
-            sure = np.broadcast_to((top2[:, 1] - top2[:, 0] >= 1e-3)[:, None], a.shape)
-            assert sure.mean() > 0.9  # the comparison covers most of the image
-            np.testing.assert_allclose(a[sure], b[sure], atol=1e-4, err_msg=name)
-        else:
-            np.testing.assert_allclose(a, b, atol=1e-4, err_msg=name)
+    if variant == "r34_tt":
+        # The float32 path users run, against the float64 reference. Bound: float32 rounding,
+        # amplified through the network, was measured at up to 2.3e-4 for r34 between two
+        # machine kinds; 1e-2 leaves a 40x margin for any processor and still fails for any
+        # structural error (those move outputs by 0.1-1).
+        got, glances = _official_outputs(model, x, rosta)
+        _compare(got, glances, np.load(root / f"{variant}.outputs64.npz"), rosta, atol=1e-2)
+    got, glances = _official_outputs(model.double(), x.double(), rosta)
+    assert all(t.dtype == torch.float64 for t in got.values())
+    _compare(got, glances, np.load(root / f"{variant}.outputs64.npz"), rosta, atol=1e-9)
 
 
 def test_wrong_backbone_or_rosta_names_the_keys(tmp_path):
