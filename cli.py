@@ -629,14 +629,21 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
               help="One pass at this scale instead (the authors' RESIZE test: 0.5).")
 @click.option("--max-side", default=1600, show_default=True, type=click.IntRange(min=0),
               help="Cap the longer side of each network pass (the authors' 1600); 0 lifts the cap.")
-@click.option("--rgba", is_flag=True, help="Also write RGBA cut-outs to OUT/rgba/.")
+@click.option("--rgba", is_flag=True, help="Also write RGBA cut-outs to OUT/rgba/ (straight colours, as PNG stores them).")
+@click.option("--fg-method", type=click.Choice(["ml", "cf", "cf-full", "none"]), default="ml", show_default=True,
+              help="Cut-out colours: the foreground F estimated under the predicted matte (ml: multi-level, fast; "
+                   "cf: closed-form on the transition band; cf-full: closed-form on every pixel), or none: the "
+                   "photo's own colours, which carry the old background into every semi-transparent pixel.")
+@click.option("--background", default=None, metavar="COLOR|IMAGE",
+              help="Also write OUT/composite/<stem>.png: the cut-out on a colour (white, black, #rrggbb, r,g,b) "
+                   "or on an image scaled to cover.")
 @click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None, help="Check the checkpoint has this backbone.")
 @click.option("--rosta", type=click.Choice(ROSTA_CHOICES), default=None, help="Check the checkpoint has this RoSTa.")
 @click.option("--device", default="auto", show_default=True)
 @overwrite_option
 @click.option("--quiet", is_flag=True)
-def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, scale, max_side, rgba, backbone, rosta,
-                device, overwrite, quiet) -> None:
+def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, scale, max_side, rgba, fg_method,
+                background, backbone, rosta, device, overwrite, quiet) -> None:
     """Predict alpha mattes (8-bit PNG at the input size) with GFM, by the authors' test protocol.
 
     \b
@@ -648,6 +655,7 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     Examples:
       gfm predict --checkpoint runs/tt/last.pt --input photos/ --out mattes/
       gfm predict --checkpoint runs/tt/last.pt --input me.jpg --out cut/ --rgba --scale 0.5
+      gfm predict --checkpoint runs/tt/last.pt --input photos/ --out cut/ --rgba --background white
       gfm import-official --weights gfm_r34_tt.pth --backbone r34 --rosta tt --out r34_tt.pt
       gfm predict --checkpoint r34_tt.pt --checkpoint r34_ft.pt --checkpoint r34_bt.pt --input photos/ --out en/
     """
@@ -656,18 +664,30 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     from gfm.train import pick_device
     from rssn.imageio import atomic_write_json
 
+    from gfm.cutout import parse_background
+    from rssn.imageio import ImageReadError, read_image
+
     check_output_folder(out_dir, {"--input": input_path},
-                        lambda o, f: (o / f"{f.stem}.png", o / "rgba" / f"{f.stem}.png"))
+                        lambda o, f: (o / f"{f.stem}.png", o / "rgba" / f"{f.stem}.png", o / "composite" / f"{f.stem}.png"))
     check_writable(out_dir)
+    bg_image = None
     try:
+        bg_spec = parse_background(background) if background is not None else None
+        if isinstance(bg_spec, Path):
+            bg_image = read_image(bg_spec)
         dev = pick_device(device)
         models = [load_model(c, dev, backbone, rosta) for c in checkpoints]
+    except ImageReadError as exc:
+        _fail_usage(f"--background {exc.path}: {exc.reason}")
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail_usage(str(exc))
     settings = {"checkpoints": [Path(c) for c in checkpoints], "glance_scale": glance_scale,
                 "focus_scale": focus_scale, "scale": scale, "max_side": max_side}
+    if rgba or background is not None:  # they decide the cut-outs' bytes
+        settings.update(fg_method=fg_method, background=bg_spec if not isinstance(bg_spec, tuple) else list(bg_spec))
     with claimed_output(out_dir, "gfm predict", settings, overwrite=overwrite):
-        res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, progress=not quiet,
+        res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, fg_method=fg_method,
+                          background=bg_image if bg_image is not None else bg_spec, progress=not quiet,
                           glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side or None)
         atomic_write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
                                                "written": len(res.written), "failures": res.failures,

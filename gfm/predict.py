@@ -119,9 +119,14 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def run_predict(models: GFM | list[GFM], inputs: list[Path], out_dir: Path, device: torch.device, *,
-                rgba: bool = False, progress: bool = True, **kw) -> PredictResult:
-    """Predict each input and write OUT/<stem>.png (8-bit matte), optionally OUT/rgba/<stem>.png."""
+                rgba: bool = False, fg_method: str = "ml", background: tuple[int, int, int] | np.ndarray | None = None,
+                progress: bool = True, **kw) -> PredictResult:
+    """Predict each input and write OUT/<stem>.png (8-bit matte); with ``rgba``, OUT/rgba/<stem>.png
+    (estimated foreground colours by ``fg_method``, straight, under the matte); with
+    ``background`` (a colour or an image), OUT/composite/<stem>.png (the cut-out placed on it)."""
     from tqdm import tqdm
+
+    from .cutout import cutout_rgba, place_on_background
 
     models = models if isinstance(models, list) else [models]
     res = PredictResult()
@@ -135,8 +140,12 @@ def run_predict(models: GFM | list[GFM], inputs: list[Path], out_dir: Path, devi
         alpha = predict_ensemble(models, image, device=device, **kw)
         a8 = np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8)
         write_image(out_dir / f"{p.stem}.png", a8)
-        if rgba:
-            write_image(out_dir / "rgba" / f"{p.stem}.png", np.dstack([image, a8]))
+        if rgba or background is not None:
+            cut = cutout_rgba(image, a8, fg_method)
+            if rgba:
+                write_image(out_dir / "rgba" / f"{p.stem}.png", cut)
+            if background is not None:
+                write_image(out_dir / "composite" / f"{p.stem}.png", place_on_background(cut, background))
         res.written.append(str(out_dir / f"{p.stem}.png"))
     res.seconds = time.perf_counter() - t0
     res.peak_memory_mb = _peak_memory_mb(torch.device(device))

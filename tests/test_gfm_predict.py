@@ -102,3 +102,38 @@ def test_profile_reports_the_authors_parameter_count():
     assert r["parameters"] == 55_317_676
     # at 800x800 the paper reports about 132 GMacs; MACs grow with the pixel count
     assert 131.8 * (64 / 800) ** 2 * 0.9 < r["gmacs"] < 131.8 * (64 / 800) ** 2 * 1.1
+
+
+def _read_rgba(path) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+
+
+def test_predict_rgba_writes_estimated_foreground_and_composite(imported, tmp_path):
+    """--rgba writes F (ml) under the predicted matte, not the photo's colours; --background white
+    writes a F + (1 - a) 255; --fg-method none keeps the photo's colours."""
+    from gfm.cutout import cutout_rgba
+
+    photo = shared("alphamatting") / "image" / "GT05.png"
+    image = read_image(photo)
+    common = ["--checkpoint", str(imported["r34_tt"]), "--input", str(photo), "--quiet", "--device", "cpu",
+              "--scale", "0.25", "--rgba"]
+    p = run_cli("gfm", "predict", *common, "--background", "white", "--out", str(tmp_path / "ml"))
+    assert p.returncode == 0, p.stderr
+    a8 = read_matte(tmp_path / "ml" / "GT05.png").values
+    rgba = _read_rgba(tmp_path / "ml" / "rgba" / "GT05.png")
+    assert np.array_equal(rgba[..., 3], a8)
+    assert np.array_equal(rgba, cutout_rgba(image, a8, "ml"))
+    band = (a8 > 0) & (a8 < 255)
+    assert band.sum() > 1000 and np.abs(rgba[..., :3].astype(int) - image)[band].mean() > 1  # F, not the photo
+    comp = read_image(tmp_path / "ml" / "composite" / "GT05.png").astype(float)
+    a = a8[..., None] / 255.0
+    assert np.abs(comp - (a * rgba[..., :3] + (1 - a) * 255)).max() <= 1
+    assert json.loads((tmp_path / "ml" / "summary.json").read_text())["settings"]["fg_method"] == "ml"
+    p = run_cli("gfm", "predict", *common, "--fg-method", "none", "--out", str(tmp_path / "none"))
+    assert p.returncode == 0, p.stderr
+    rgba = _read_rgba(tmp_path / "none" / "rgba" / "GT05.png")
+    assert np.array_equal(rgba[..., :3], image) and not (tmp_path / "none" / "composite").exists()
+    p = run_cli("gfm", "predict", *common, "--background", "#12", "--out", str(tmp_path / "bad"))
+    assert p.returncode == 2 and "neither a colour" in p.stderr
