@@ -67,6 +67,14 @@ def parse_arm(text: str) -> tuple[str, dict[str, Any]]:
         except ValueError:
             raise ValueError(f"--arm {name}: {opt} {words[i + 1]!r} is not a valid value") from None
         i += 2
+    from rssn.compose import check_compose_settings
+
+    try:  # the same validation as `rssn compose` and ComposeConfig: a bad value never runs silently
+        check_compose_settings(out)
+    except ValueError as exc:
+        raise ValueError(f"--arm {name}: --{exc}") from None
+    if "bg_dir" in out and not out["bg_dir"].is_dir():
+        raise ValueError(f"--arm {name}: --bg {out['bg_dir']}: no such folder")
     return name, out
 
 

@@ -22,7 +22,7 @@ from .cache import ImageCache, content_key
 from .denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
 from .denoise import VERSION as DENOISE_VERSION
 from .denoise import bm3d_denoise, estimate_noise_sigma
-from .foreground import ALGORITHM_VERSION, estimate_foreground
+from .foreground import ALGORITHM_VERSION, FG_METHODS, estimate_foreground
 from .imageio import (
     ImageReadError,
     Matte,
@@ -70,6 +70,9 @@ class ComposeConfig:
     png_level: int = 1
     jpeg_quality: int = 95
 
+    def __post_init__(self) -> None:
+        check_compose_settings(asdict(self))
+
     @property
     def probabilities(self) -> augment.RouteProbabilities:
         if self.route == "plain":
@@ -79,6 +82,49 @@ class ComposeConfig:
     @property
     def cache_root(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
+
+
+ROUTES = ("rssn", "plain")
+LAYOUTS = ("auto", "photo", "fg", "rgba")
+EXECUTORS = ("local", "ray")
+IMAGE_FORMATS = ("png", "jpg", "webdataset")
+
+
+def check_compose_settings(values: dict[str, Any]) -> None:
+    """Validate ComposeConfig values (any subset of its fields): ValueError naming the field, the
+    value and what it must be. Every way of building a compose run goes through this: the CLI,
+    `gfm experiment --arm`, `gfm train --fg --bg` and Python callers."""
+    from .denoise import PROFILES
+
+    def bad(key: str, rule: str) -> ValueError:
+        return ValueError(f"{key.replace('_', '-')} {values[key]!r}: {rule}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+    choices = {"route": ROUTES, "fg_method": FG_METHODS, "layout": LAYOUTS, "denoise_profile": PROFILES,
+               "executor": EXECUTORS, "image_format": IMAGE_FORMATS}
+    for key, allowed in choices.items():
+        if key in values and values[key] not in allowed:
+            raise bad(key, f"choose one of {', '.join(allowed)}")
+    for key in ("denoise_p", "blur_p", "noise_p"):
+        if key in values and not (number(values[key]) and 0.0 <= values[key] <= 1.0):
+            raise bad(key, "a probability must lie in [0, 1]")
+    if "noise_sigma" in values and not (number(values["noise_sigma"]) and 0 <= values["noise_sigma"] < float("inf")):
+        raise bad("noise_sigma", "must be a finite number >= 0 (0-255 scale)")
+    if values.get("denoise_sigma") is not None and not (number(values["denoise_sigma"]) and
+                                                        0 < values["denoise_sigma"] < float("inf")):
+        raise bad("denoise_sigma", "must be a finite number > 0 (0-255 scale), or left out to estimate it")
+    if "blur_kernels" in values:
+        k = values["blur_kernels"]
+        if not k or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in k):
+            raise bad("blur_kernels", "must be one or more positive integer kernel sizes, e.g. 20,30,40,50,60")
+    for key, lo, hi in (("per_fg", 1, None), ("workers", 1, None), ("retries", 0, None), ("shard_size", 1, None),
+                        ("png_level", 0, 9), ("jpeg_quality", 1, 100)):
+        if key in values:
+            v = values[key]
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)):
+                raise bad(key, f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
 
 
 # ComposeConfig fields that do not change a composite's bytes (how and where the work runs)

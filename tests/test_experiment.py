@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -73,3 +74,46 @@ def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
     # a re-run of a finished experiment does nothing new and keeps the numbers
     p = run_cli(*_args(fg, bg, val, out))
     assert p.returncode == 0 and (out / "results.csv").read_text() == (ref / "results.csv").read_text()
+
+
+@pytest.mark.parametrize("options,message", [
+    ("--denoise-p 7", "denoise-p 7.0: a probability must lie in"),
+    ("--route foo", "route 'foo': choose one of rssn, plain"),
+    ("--blur-kernels 0,-5", "blur-kernels (0, -5): must be one or more positive"),
+    ("--noise-sigma -3", "noise-sigma -3.0: must be a finite number >= 0"),
+    ("--noise-sigma nan", "noise-sigma nan"),
+    ("--fg-method magic", "fg-method 'magic': choose one of cf, cf-full, ml, none"),
+    ("--denoise-profile x", "denoise-profile 'x': choose one of"),
+    ("--denoise-sigma 0", "denoise-sigma 0.0: must be a finite number > 0"),
+    ("--bg /nonexistent/coco", "--bg /nonexistent/coco: no such folder"),
+])
+def test_arm_options_are_validated_as_rssn_compose_validates_them(options, message):
+    """`gfm experiment --arm` once let any value through (a route other than plain ran as RSSN,
+    p = 7 meant always): every value is now checked by the same rule as `rssn compose`."""
+    from gfm.experiment import parse_arm
+
+    with pytest.raises(ValueError, match=re.escape(message)) as exc:
+        parse_arm(f"x={options}")
+    assert str(exc.value).startswith("--arm x: ")
+    assert parse_arm("x=--route plain --denoise-p 1 --blur-kernels 3,5")[1] == {
+        "route": "plain", "denoise_p": 1.0, "blur_kernels": (3, 5)}
+
+
+def test_compose_config_validates_itself(tmp_path):
+    from rssn.compose import ComposeConfig
+
+    base = {"fg_dir": tmp_path, "bg_dir": tmp_path, "out_dir": tmp_path / "o"}
+    ComposeConfig(**base)  # the defaults are valid
+    for bad in ({"noise_p": 1.5}, {"route": "magic"}, {"blur_kernels": ()}, {"png_level": 10}, {"per_fg": 0},
+                {"executor": "dask"}, {"image_format": "gif"}, {"blur_kernels": (20, 2.5)}):
+        with pytest.raises(ValueError, match=next(iter(bad)).replace("_", "-")):
+            ComposeConfig(**base, **bad)
+
+
+def test_experiment_cli_refuses_a_bad_arm_before_any_work(tmp_path):
+    for d in ("fg", "bg", "val"):
+        (tmp_path / d).mkdir()
+    r = run_cli("gfm", "experiment", "--fg", str(tmp_path / "fg"), "--bg", str(tmp_path / "bg"), "--val",
+                str(tmp_path / "val"), "--out", str(tmp_path / "out"), "--arms", "plain", "--arm", "x=--denoise-p 7")
+    assert r.returncode == 2 and "--arm x: --denoise-p 7.0" in r.stderr
+    assert not (tmp_path / "out").exists()
