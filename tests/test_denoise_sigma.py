@@ -47,7 +47,7 @@ def _noisy(im: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 def test_foreground_sigma_on_shared_photos_is_the_noisy_photos(sigma):
     """All 20 photos with noise added: the level used for F (photo layout, and an RGBA cut-out
     whose colours are 0 where alpha is 0) is within 15 % of the whole noisy photo's wavelet
-    estimate (the issue's bound; measured 0.87-1.11, the low end where fur inflates the
+    estimate (the issue's bound; measured 0.87-1.10, the low end where fur inflates the
     photo's wavelet estimate, which the block estimator resists)."""
     ratios = []
     for i, name in enumerate(PHOTOS):
