@@ -155,7 +155,8 @@ def rssn() -> None:
               help="Foreground layout; auto detects it from the sub-folder names.")
 @click.option("--denoise-p", default=0.5, show_default=True, type=PROBABILITY, help="Probability of BM3D on the foreground, and independently on the background.")
 @click.option("--denoise-sigma", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="BM3D noise level (0-255 scale); default: estimated from each image.")
+              help="BM3D noise level (0-255 scale); default: estimated from each image (a foreground's "
+                   "where its own pixels are, alpha >= 0.99).")
 @click.option("--denoise-profile", type=BM3D_PROFILES, default=DEFAULT_DENOISE_PROFILE, show_default=True,
               help="classic: white-noise BM3D as published; np: the bm3d package's default (exact variances "
                    "for correlated noise, 4.5x slower); lc: low complexity.")

@@ -20,8 +20,9 @@ import numpy as np
 from . import augment
 from .cache import ImageCache, content_key
 from .denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
+from .denoise import FG_SIGMA_VERSION
 from .denoise import VERSION as DENOISE_VERSION
-from .denoise import bm3d_denoise, estimate_noise_sigma
+from .denoise import SigmaEstimate, bm3d_denoise, estimate_noise_sigma, foreground_noise_sigma
 from .foreground import ALGORITHM_VERSION, FG_METHODS, estimate_foreground
 from .imageio import (
     ImageReadError,
@@ -233,7 +234,9 @@ class ForegroundState:
         self.item, self.cfg, self.cache = item, cfg, cache
         self.matte: Matte
         self.fg8: np.ndarray
-        self._denoised: tuple[np.ndarray, float] | None = None
+        self.source: np.ndarray  # the image the foreground's pixels come from (photo, given F, RGBA colours)
+        self._noise: SigmaEstimate | None = None
+        self._denoised: tuple[np.ndarray, SigmaEstimate] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -253,6 +256,7 @@ class ForegroundState:
         if not matte.values.any():
             raise ImageReadError(item.matte or item.image, "matte is empty (all zero): nothing to composite")
         self.matte = matte
+        self.source = image
         self.fg_method = "given" if item.kind == "fg" else self.cfg.fg_method
         if self.fg_method == "given":
             self.fg8 = image
@@ -265,20 +269,39 @@ class ForegroundState:
             self.cache.put(f"fg-{self.fg_method}", key, fg8)
         self.fg8 = fg8
 
-    def denoised(self) -> tuple[np.ndarray, float]:
+    def noise(self) -> SigmaEstimate:
+        """BM3D's noise level for this foreground: ``--denoise-sigma``, or measured on the
+        source image where the foreground's pixels are (not on the estimated layer ``fg8``)."""
+        if self._noise is None:
+            self._noise = foreground_noise_sigma(self.source, self.matte.alpha, self.cfg.denoise_sigma)
+        return self._noise
+
+    def denoised(self) -> tuple[np.ndarray, SigmaEstimate]:
         if self._denoised is None:
-            self._denoised = denoise_cached(self.fg8, self.cfg.denoise_sigma, self.cfg.denoise_profile, self.cache)
+            est = self.noise()
+            out, _ = denoise_cached(self.fg8, est.sigma, self.cfg.denoise_profile, self.cache, FG_SIGMA_VERSION)
+            self._denoised = out, est
         return self._denoised
 
+    def ensure_denoised(self) -> bool:
+        """Put the denoised foreground in the cache unless it is there; True when computed now."""
+        return ensure_denoised(self.fg8, self.noise().sigma, self.cfg.denoise_profile, self.cache, FG_SIGMA_VERSION)[0]
 
-def _denoise_key(img: np.ndarray, sigma: float | None, profile: str) -> tuple[str, str, float]:
+
+def _denoise_key(img: np.ndarray, sigma: float | None, profile: str, tag: str | None) -> tuple[str, str, float]:
+    """(cache kind, key, sigma used). Backgrounds have no ``tag``, so their keys (and their cached
+    BM3D results, the costly part) are those of every earlier version; foregrounds carry
+    FG_SIGMA_VERSION."""
     sigma = round(float(sigma if sigma is not None else estimate_noise_sigma(img)), 4)
-    return f"bm3d-{profile}", content_key(img, sigma, DENOISE_VERSION), sigma
+    parts: tuple[Any, ...] = (img, sigma, DENOISE_VERSION) + ((tag,) if tag is not None else ())
+    return f"bm3d-{profile}", content_key(*parts), sigma
 
 
-def denoise_cached(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache) -> tuple[np.ndarray, float]:
-    """BM3D of ``img`` at ``sigma`` (None: estimated from the image), through the content cache."""
-    kind, key, sigma = _denoise_key(img, sigma, profile)
+def denoise_cached(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache,
+                   tag: str | None = None) -> tuple[np.ndarray, float]:
+    """BM3D of ``img`` at ``sigma`` (None: estimated from the whole image, as for backgrounds),
+    through the content cache."""
+    kind, key, sigma = _denoise_key(img, sigma, profile, tag)
     out = cache.get(kind, key)
     if out is None:
         out = bm3d_denoise(img, sigma, profile)
@@ -286,10 +309,11 @@ def denoise_cached(img: np.ndarray, sigma: float | None, profile: str, cache: Im
     return out, sigma
 
 
-def ensure_denoised(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache) -> tuple[bool, float]:
+def ensure_denoised(img: np.ndarray, sigma: float | None, profile: str, cache: ImageCache,
+                    tag: str | None = None) -> tuple[bool, float]:
     """Put BM3D of ``img`` in the cache unless it is there (no decoding of a hit);
     returns (computed now, sigma used)."""
-    kind, key, sigma = _denoise_key(img, sigma, profile)
+    kind, key, sigma = _denoise_key(img, sigma, profile, tag)
     if cache.has(kind, key):
         return False, sigma
     cache.put(kind, key, bm3d_denoise(img, sigma, profile))
@@ -327,18 +351,21 @@ def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: st
     h, w = state.matte.shape
     p = augment.draw_params(rng, probs)
     ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
-    # Background: denoising works on the whole source image (so it is cached and shared);
-    # otherwise a JPEG may be decoded at a reduced scale that still covers the output.
+    # Background: denoising works on the whole source image before it is scaled and cropped (as
+    # the paper and the authors do; so it is cached and shared); otherwise a JPEG may be decoded
+    # at a reduced scale that still covers the output.
     if p.denoise_bg:
         bg_src = read_image(bg_path)
         bg_src, sigma = denoise_cached(bg_src, cfg.denoise_sigma, cfg.denoise_profile, cache)
-        ops.append({"op": "bm3d", "target": "bg", "sigma": sigma, "profile": cfg.denoise_profile})
+        ops.append({"op": "bm3d", "target": "bg", "sigma": sigma,
+                    "sigma_from": "--denoise-sigma" if cfg.denoise_sigma is not None else "whole image",
+                    "profile": cfg.denoise_profile})
     else:
         bg_src = read_image(bg_path, cover=(w, h))
     bg, box, scaled = augment.fit_background(bg_src, h, w, p.crop_fx, p.crop_fy)
     if p.denoise_fg:
-        fg, sigma = state.denoised()
-        ops.append({"op": "bm3d", "target": "fg", "sigma": sigma, "profile": cfg.denoise_profile})
+        fg, est = state.denoised()
+        ops.append({"op": "bm3d", "target": "fg", **est.record(), "profile": cfg.denoise_profile})
     else:
         fg = state.fg8
     if p.blur_kernel is not None:
@@ -419,8 +446,10 @@ def prepare_shared(kind: str, target: Any, cfg: ComposeConfig) -> None:
     """Do one piece of shared work into the cache. A failure here is not recorded: the
     composites that need the image meet it again and record it against the right file."""
     cache = ImageCache(cfg.cache_root)
-    img = ForegroundState(target, cfg, cache).fg8 if kind == "fg" else read_image(target)
-    ensure_denoised(img, cfg.denoise_sigma, cfg.denoise_profile, cache)
+    if kind == "fg":
+        ForegroundState(target, cfg, cache).ensure_denoised()
+    else:
+        ensure_denoised(read_image(target), cfg.denoise_sigma, cfg.denoise_profile, cache)
 
 
 def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dict[str, Any]]], None],
