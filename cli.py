@@ -823,6 +823,59 @@ def gfm_import_official(weights, backbone, rosta, out_path) -> None:
     click.echo(f"GFM {backbone}/{rosta}, {count_parameters(model):,} parameters, written to {out_path}", err=True)
 
 
+@gfm.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A gfm checkpoint (trained, or made by `gfm import-official`).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx file to write; OUT.json beside it records what was written.")
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 23), help="ONNX opset.")
+def gfm_export(checkpoint, out_path, opset) -> None:
+    """Export a GFM checkpoint as ONNX, for ONNX Runtime and other deployment runtimes.
+
+    \b
+    Height and width stay dynamic (any multiple of 32); the file's metadata records the backbone,
+    RoSTa, input range and pass rules, so `gfm predict --checkpoint model.onnx` and
+    `gfm eval --checkpoint model.onnx` need nothing else. Needs pip install -e '.[onnx]'.
+
+    \b
+    Examples:
+      gfm export --checkpoint runs/tt/last.pt --out tt.onnx
+      gfm import-official --weights gfm_r34_tt.pth --backbone r34 --rosta tt --out r34_tt.pt
+      gfm export --checkpoint r34_tt.pt --out r34_tt.onnx
+      gfm predict --checkpoint r34_tt.onnx --input photos/ --out mattes/
+    """
+    import hashlib
+    import time
+
+    from gfm.checkpoint import load_model
+    from gfm.export import OnnxExportError, export_onnx
+    from rssn.imageio import atomic_write_json
+
+    if not out_path.name.lower().endswith(".onnx"):
+        _fail_usage(f"--out {out_path}: name the file .onnx (gfm predict recognises ONNX exports by the suffix)")
+    if str(checkpoint).lower().endswith(".onnx"):
+        _fail_usage(f"--checkpoint {checkpoint} is already an ONNX file")
+    check_writable(out_path.parent if str(out_path.parent) else Path("."))
+    try:
+        model = load_model(checkpoint)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    t0 = time.perf_counter()
+    try:
+        meta = export_onnx(model, out_path, source=str(Path(checkpoint).resolve()), opset=opset)
+    except OnnxExportError as exc:
+        _fail_usage(str(exc))
+    seconds = time.perf_counter() - t0
+    digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
+    atomic_write_json(Path(str(out_path) + ".json"), {"command": "gfm export", "checkpoint": str(checkpoint),
+                                                   "onnx": str(out_path), "sha256": digest,
+                                                   "bytes": out_path.stat().st_size, "metadata": meta,
+                                                   "seconds": round(seconds, 1)})
+    click.echo(f"GFM {meta['gfm_backbone']}/{meta['gfm_rosta']} exported to {out_path} (opset {opset}, "
+               f"{out_path.stat().st_size / 2**20:.0f} MiB, {seconds:.0f} s); outputs {meta['gfm_outputs']}; "
+               f"record in {out_path}.json", err=True)
+
+
 @gfm.command("profile")
 @click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="r34", show_default=True)
 @click.option("--rosta", type=click.Choice(ROSTA_CHOICES), default="tt", show_default=True)

@@ -59,13 +59,26 @@ def model_config_of(ckpt: dict[str, Any]) -> ModelConfig:
 
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu", backbone: str | None = None,
                rosta: str | None = None) -> GFM:
-    """The model of a checkpoint in eval mode; a backbone or RoSTa other than the one asked for is an error."""
+    """The model of a checkpoint in eval mode; a backbone or RoSTa other than the one asked for is an error.
+
+    A ``.onnx`` file made by ``gfm export`` runs through ONNX Runtime (:class:`gfm.export.OnnxGFM`,
+    the same interface for prediction)."""
+    if str(checkpoint).lower().endswith(".onnx"):
+        from .export import OnnxGFM
+
+        onnx_model = OnnxGFM(checkpoint, device)
+        _check_asked(checkpoint, onnx_model.config, backbone, rosta)
+        return onnx_model  # type: ignore[return-value]
     ckpt = load_checkpoint(checkpoint)
     mc = model_config_of(ckpt)
+    _check_asked(checkpoint, mc, backbone, rosta)
+    model = GFM(config=mc, pretrained="none")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def _check_asked(checkpoint: str | Path, mc: ModelConfig, backbone: str | None, rosta: str | None) -> None:
     for name, want in (("backbone", backbone), ("rosta", rosta)):
         if want is not None and want != getattr(mc, name):
             raise ValueError(f"{checkpoint}: the checkpoint was trained with --{name} {getattr(mc, name)}, "
                              f"not {want}; drop --{name} or pass the right checkpoint")
-    model = GFM(config=mc, pretrained="none")
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
