@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from rssn.checks import photo8
 from rssn.imageio import ImageReadError, list_images, read_image, write_image
 
 from .data import model_input
@@ -80,7 +81,12 @@ def fuse_resized(glance: np.ndarray, focus: np.ndarray, rosta: str) -> np.ndarra
 def predict_matte(model: GFM, image: np.ndarray, *, device: torch.device | str = "cpu",
                   glance_scale: float = 1 / 3, focus_scale: float = 1 / 2, scale: float | None = None,
                   max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
-    """The alpha matte (float32 HxW in [0, 1]) of a uint8 RGB image."""
+    """The alpha matte (float32 HxW in [0, 1]) of a uint8 RGB image.
+
+    ``image``: HxWx3 uint8 RGB; anything else (float, grey, RGBA) is refused, since the
+    network's input scale is fixed by the checkpoint. BGR order (cv2.imread) cannot be told
+    apart: convert with cv2.cvtColor(x, cv2.COLOR_BGR2RGB)."""
+    photo8(image, "predict_matte", "image")
     device = torch.device(device)
     model.eval()
     h, w = image.shape[:2]

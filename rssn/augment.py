@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .checks import check_array, describe, image255, matte_unit, same_size
+
 PAPER_BLUR_KERNELS = (20, 30, 40, 50, 60)
 
 
@@ -78,23 +80,51 @@ def fit_background(
     return crop, (x, y, out_w, out_h), (sw, sh)
 
 
+BLUR_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
 def box_blur(img: np.ndarray, kernel: int) -> np.ndarray:
-    """Averaging filter of ``kernel`` x ``kernel`` (OpenCV box blur, reflected borders)."""
-    if kernel < 1:
-        raise ValueError(f"blur kernel must be positive, got {kernel}")
+    """Averaging filter of ``kernel`` x ``kernel`` (OpenCV box blur, reflected borders).
+
+    ``img``: HxW or HxWxC, uint8, uint16, float32 or float64, on any scale (an average commutes
+    with scaling, so [0, 1] and 0-255 images both blur right: no scale check); the result has
+    the input's dtype. ``kernel``: an integer >= 1. Anything else is refused."""
+    want = "an HxW or HxWxC image of uint8, uint16, float32 or float64"
+    img = check_array(img, "box_blur", "img", want)
+    if img.ndim not in (2, 3) or img.dtype not in BLUR_DTYPES:
+        raise ValueError(f"box_blur: img is {describe(img)}; pass {want}")
+    if isinstance(kernel, (bool, np.bool_)) or not isinstance(kernel, (int, np.integer)) or kernel < 1:
+        raise ValueError(f"box_blur: kernel is {kernel!r}; pass an integer >= 1 (the side in pixels)")
     return cv2.blur(img, (int(kernel), int(kernel)))
 
 
 def blend(alpha: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """I = a F + (1 - a) B in float32 on the 0-255 scale; alpha HxW in [0, 1], fg/bg HxWx3."""
-    if fg.shape != bg.shape or fg.shape[:2] != alpha.shape[:2]:
-        raise ValueError(f"shapes differ: alpha {alpha.shape}, fg {fg.shape}, bg {bg.shape}")
-    a = alpha.astype(np.float32)[..., None]
+    """I = a F + (1 - a) B in float32 on the 0-255 scale.
+
+    ``alpha``: HxW float in [0, 1], or uint8 / uint16 converted exactly (x / 255 or x / 65535 in
+    float32, as :attr:`rssn.imageio.Matte.alpha`); a float alpha on 0-255 is refused.
+    ``fg``, ``bg``: HxWx3 on the 0-255 scale, uint8 or float; a float layer whose maximum is in
+    (0, 1] is on the [0, 1] scale and is refused (multiply it by 255; a 0-255 layer that dark
+    everywhere is not a photo). Sizes must agree."""
+    a = matte_unit(alpha, "blend", "alpha", np.float32, given=True)
+    fg = image255(fg, "blend", "fg")
+    bg = image255(bg, "blend", "bg")
+    same_size("blend", alpha=a, fg=fg, bg=bg)
+    a = a[..., None]
     return a * fg.astype(np.float32) + (1.0 - a) * bg.astype(np.float32)
 
 
 def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Add N(0, sigma^2) noise (0-255 scale) and clip to [0, 255]; returns float32."""
+    """Add N(0, sigma^2) noise (0-255 scale) and clip to [0, 255]; returns float32.
+
+    ``img``: HxW or HxWx3 on the 0-255 scale, uint8 or float (a float image whose maximum is in
+    (0, 1] is on the [0, 1] scale and is refused: the noise and the clip would be 255x too
+    strong). ``sigma``: finite and >= 0. ``rng``: a numpy Generator (the only randomness)."""
+    img = image255(img, "add_gaussian_noise", "img", gray=True)
+    if not (isinstance(sigma, (int, float, np.integer, np.floating)) and math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"add_gaussian_noise: sigma is {sigma!r}; pass a finite number >= 0 (grey levels on 0-255)")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"add_gaussian_noise: rng is a {type(rng).__name__}; pass np.random.default_rng(seed)")
     noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
     return np.clip(img.astype(np.float32) + noise, 0.0, 255.0)
 

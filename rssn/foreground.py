@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import matte_unit, photo8, same_size
+
 FG_METHODS = ("cf", "cf-full", "ml", "none")
 ALGORITHM_VERSION = {"cf": "band-2", "cf-full": "pymatting-1", "ml": "pymatting-1", "none": "1"}
 
@@ -15,12 +17,17 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, method: str = "cf"
     see :mod:`rssn.closed_form_band`); ``cf-full``: pymatting's solve over every pixel;
     ``ml``: pymatting's multi-level estimator (much faster, slightly less exact);
     ``none``: the photo's own colours (naive cut-and-paste).
+
+    ``image``: HxWx3 uint8 RGB, anything else refused (a float photo's scale and rounding are
+    the caller's choice). ``alpha``: HxW float in [0, 1], or uint8 / uint16 converted exactly
+    (x / 255, x / 65535); a float alpha on 0-255 or an integer 0/1 mask is refused.
     """
-    _check(image, alpha)
+    a = _check("estimate_foreground", image, alpha)
+    if method not in FG_METHODS:
+        raise ValueError(f"estimate_foreground: method is {method!r}; pass one of {', '.join(FG_METHODS)}")
     img = image.astype(np.float64) / 255.0
     if method == "none":
         return img
-    a = alpha.astype(np.float64)
     if method == "cf":
         from .closed_form_band import estimate_foreground_cf_band
 
@@ -37,16 +44,18 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, method: str = "cf"
 
 
 def estimate_foreground_background(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Closed-form estimate of both F and B (float64 in [0, 1]); used to check the estimate."""
-    _check(image, alpha)
+    """Closed-form estimate of both F and B (float64 in [0, 1]); used to check the estimate.
+    Inputs as :func:`estimate_foreground` (checked and converted the same way)."""
+    a = _check("estimate_foreground_background", image, alpha)
     from pymatting import estimate_foreground_cf
 
-    f, b = estimate_foreground_cf(image.astype(np.float64) / 255.0, alpha.astype(np.float64), return_background=True)
+    f, b = estimate_foreground_cf(image.astype(np.float64) / 255.0, a, return_background=True)
     return f, b
 
 
-def _check(image: np.ndarray, alpha: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 HxWx3, got {image.dtype} {image.shape}")
-    if alpha.shape != image.shape[:2]:
-        raise ValueError(f"matte is {alpha.shape[1]}x{alpha.shape[0]}, image is {image.shape[1]}x{image.shape[0]}")
+def _check(func: str, image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Refuse a wrong photo or matte; the matte as float64 in [0, 1]."""
+    photo8(image, func, "image")
+    a = matte_unit(alpha, func, "alpha", np.float64, given=True)
+    same_size(func, image=image, alpha=a)
+    return a

@@ -17,7 +17,7 @@ from gfm.metrics.connectivity import largest_component
 from gfm.metrics.gradient import dim_gradient_kernels
 from rssn.imageio import ImageReadError, read_matte
 
-from .conftest import run_cli, shared
+from .conftest import REPO, run_cli, shared
 
 
 def _reference(protocol: str) -> list[dict[str, str]]:
@@ -47,6 +47,38 @@ def test_reproduces_reference_evaluators(protocol, rel):
         got = evaluate_dim(p, g, t) if protocol == "dim" else evaluate_gfm(p / 255.0, g / 255.0, t)
         for k, v in row.items():
             assert _within(got[k], v, rel), (name, k, got[k], v)
+
+
+def _readme_python_example() -> str:
+    """The first python block of the README's "Using the toolkit from Python" section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Using the toolkit from Python", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_example_scores_opencv_mattes_with_the_reference_values(tmp_path, monkeypatch):
+    """Runs the README's five lines as they are, in a folder laid out as they expect
+    (pred/, alpha/, trimap/ linked to the reference set), and checks what they print."""
+    import ast
+    import contextlib
+    import io
+
+    code = _readme_python_example()
+    assert len(code.strip().splitlines()) == 5 and "cv2.imread" in code
+    root, am = shared("metrics-reference"), shared("alphamatting")
+    for link, target in (("pred", root / "pred"), ("alpha", am / "alpha"), ("trimap", am / "trimap1")):
+        (tmp_path / link).symlink_to(target, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    printed = dict(line.split(" ", 1) for line in out.getvalue().splitlines())
+    for protocol, rel in (("dim", 1e-4), ("gfm", 1e-6)):
+        got = ast.literal_eval(printed[protocol.upper()])
+        ref = next(r for r in _reference(protocol) if r["name"] == "GT01.png")
+        ref.pop("name")
+        for k, v in ref.items():
+            assert _within(got[k], v, rel), (protocol, k, got[k], v)
 
 
 def test_dim_kernel_is_the_matlab_one():

@@ -6,6 +6,9 @@
 - ``gfm``: the GFM paper's Python evaluator (mattes / 255, whole image, plus the trimap areas):
   :func:`errors.gfm_errors`, :func:`gradient.gradient_error_gfm`,
   :func:`connectivity.connectivity_error_gfm`.
+
+Every function checks its arrays first (:mod:`._checks`): the DIM ones take uint8 mattes only,
+the GFM ones convert uint8 / uint16 exactly and refuse a float matte on the 0-255 scale.
 """
 from .connectivity import connectivity_error_dim, connectivity_error_gfm
 from .errors import gfm_errors, mad_dim, mse_dim, sad_dim

@@ -10,7 +10,7 @@ import os
 import cv2
 import numpy as np
 
-from ._checks import check_pair, check_uint8
+from ._checks import dim_inputs, gfm_pair
 
 
 def largest_component(mask: np.ndarray, tie: str = "C") -> np.ndarray | None:
@@ -103,9 +103,14 @@ def _phi_abs_diff(p: np.ndarray, g: np.ndarray, l_map: np.ndarray, theta) -> np.
 
 def connectivity_error_dim(pred: np.ndarray, gt: np.ndarray, unknown: np.ndarray,
                            step: float = 0.1, theta: float = 0.15) -> float:
-    """Sum over the unknown region of |phi_p - phi_g| / 1000, as the DIM MATLAB code (single precision)."""
-    check_pair(pred, gt, unknown)
-    check_uint8(pred, gt)
+    """Sum over the unknown region of |phi_p - phi_g| / 1000, as the DIM MATLAB code (single
+    precision). Refuses anything but HxW uint8 mattes and a boolean ``unknown`` mask."""
+    dim_inputs("connectivity_error_dim", pred, gt, unknown)
+    return _connectivity_error_dim(pred, gt, unknown, step, theta)
+
+
+def _connectivity_error_dim(pred: np.ndarray, gt: np.ndarray, unknown: np.ndarray,
+                            step: float = 0.1, theta: float = 0.15) -> float:
     n = int(round(1 / step)) + 1
     thresholds = (np.arange(n, dtype=np.float64) * step).astype(np.float32)  # MATLAB 0:step:1 vs single
     # p / 255 >= t in single precision, as an exact test on the 8-bit values:
@@ -120,8 +125,15 @@ def connectivity_error_dim(pred: np.ndarray, gt: np.ndarray, unknown: np.ndarray
 
 
 def connectivity_error_gfm(pred: np.ndarray, gt: np.ndarray, step: float = 0.1, theta: float = 0.15) -> float:
-    """Whole-image connectivity error of the GFM evaluator (mattes float64 in [0, 1])."""
-    check_pair(pred, gt)
+    """Whole-image connectivity error of the GFM evaluator.
+
+    Mattes: HxW uint8 / uint16, converted exactly (x / 255, x / 65535), or float in [0, 1];
+    a float matte on the 0-255 scale is refused."""
+    p, g = gfm_pair("connectivity_error_gfm", pred, gt)
+    return _connectivity_error_gfm(p, g, step, theta)
+
+
+def _connectivity_error_gfm(pred: np.ndarray, gt: np.ndarray, step: float = 0.1, theta: float = 0.15) -> float:
     thresholds = np.arange(0, 1 + step, step)
     m = np.minimum(pred, gt)
     eight_bit = np.rint(m * 255.0)

@@ -7,7 +7,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ._checks import check_pair, check_uint8
+from ._checks import dim_inputs, gfm_pair
 
 
 @lru_cache(maxsize=8)
@@ -50,9 +50,14 @@ def _dim_magnitude(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def gradient_error_dim(pred: np.ndarray, gt: np.ndarray, unknown: np.ndarray, sigma: float = 1.4) -> float:
-    """Sum over the unknown region of (|grad p| - |grad g|)^2 / 1000, as the DIM MATLAB code."""
-    check_pair(pred, gt, unknown)
-    check_uint8(pred, gt)
+    """Sum over the unknown region of (|grad p| - |grad g|)^2 / 1000, as the DIM MATLAB code.
+
+    Refuses anything but HxW uint8 mattes and a boolean ``unknown`` mask."""
+    dim_inputs("gradient_error_dim", pred, gt, unknown)
+    return _gradient_error_dim(pred, gt, unknown, sigma)
+
+
+def _gradient_error_dim(pred: np.ndarray, gt: np.ndarray, unknown: np.ndarray, sigma: float = 1.4) -> float:
     d = _dim_magnitude(pred, sigma) - _dim_magnitude(gt, sigma)
     return float(np.sum((d * d)[unknown], dtype=np.float64) / 1000.0)
 
@@ -86,7 +91,14 @@ def _gfm_magnitude(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def gradient_error_gfm(pred: np.ndarray, gt: np.ndarray, sigma: float = 1.4) -> float:
-    """Whole-image sum of (|grad p| - |grad g|)^2 / 10, as the GFM evaluator (mattes in [0, 1])."""
-    check_pair(pred, gt)
+    """Whole-image sum of (|grad p| - |grad g|)^2 / 10, as the GFM evaluator.
+
+    Mattes: HxW uint8 / uint16, converted exactly (x / 255, x / 65535), or float in [0, 1];
+    a float matte on the 0-255 scale is refused."""
+    p, g = gfm_pair("gradient_error_gfm", pred, gt)
+    return _gradient_error_gfm(p, g, sigma)
+
+
+def _gradient_error_gfm(pred: np.ndarray, gt: np.ndarray, sigma: float = 1.4) -> float:
     err = np.square(_gfm_magnitude(pred, sigma) - _gfm_magnitude(gt, sigma))
     return float(np.sum(err) / 10)
