@@ -4,6 +4,7 @@
 
 Run: .venv/bin/python benchmarks/gfm.py [--device cpu|cuda] [--backbones r34,r34_2b,d121,r101]
      [--baseline-rev db4c6fc] [--steps 3]
+     .venv/bin/python benchmarks/gfm.py --onnx-only   # 1080p hybrid predict: PyTorch vs ONNX Runtime
 Random weights: speed does not depend on them.
 """
 from __future__ import annotations
@@ -67,11 +68,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=320)
+    ap.add_argument("--onnx-only", action="store_true", help="only 1080p predict through PyTorch and ONNX Runtime")
     args = ap.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
+    if args.onnx_only:
+        onnx_vs_pytorch(dev)
+        return
 
     print("\nTable 7 (TT, one 800x800 forward pass, median of 3 after a warm-up)")
     print(f"{'backbone':10} {'parameters':>13} {'GMacs':>8} {'s/image':>9}")
@@ -126,6 +131,25 @@ def main() -> None:
     s = timed(step, dev, args.steps)
     print(f"train r34 TT, batch {b} at {c}x{c}{', AMP' if dev.type == 'cuda' else ''}: {1 / s:.3f} steps/s "
           f"({b / s:.2f} images/s)")
+
+
+def onnx_vs_pytorch(dev: torch.device, n: int = 3) -> None:
+    """`gfm predict` at 1920x1080 (hybrid: passes of 352x640 and 540->512x960) with the r34 TT
+    network in PyTorch eager and exported to ONNX Runtime, timed in the same run."""
+    from gfm.export import OnnxGFM, export_onnx
+
+    torch.manual_seed(0)
+    model = GFM("r34", "tt", pretrained="none").to(dev).eval()
+    image = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        export_onnx(model, Path(tmp) / "m.onnx")
+        print(f"\nexport r34 TT: {time.perf_counter() - t:.0f} s")
+        onnx_model = OnnxGFM(Path(tmp) / "m.onnx", dev)
+        t_pt = timed(lambda: predict_matte(model, image, device=dev), dev, n)
+        t_ort = timed(lambda: predict_matte(onnx_model, image, device=dev), dev, n)
+    print(f"predict 1920x1080 hybrid, median of {n}: PyTorch {t_pt:.2f} s, ONNX Runtime {t_ort:.2f} s: "
+          f"ONNX Runtime {t_pt / t_ort:.2f}x faster")
 
 
 if __name__ == "__main__":
