@@ -143,7 +143,7 @@ def rssn() -> None:
 @click.option("--bg", "bg_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Backgrounds: every image below this folder (e.g. bg20k's train/).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: image/ alpha/ fg/ bg/ manifest.jsonl summary.json.")
+              help="Output folder: image/ alpha/ fg/ bg/ manifest.jsonl summary.json ATTRIBUTION.csv DATASET.md dataset.json.")
 @click.option("--per-fg", default=5, show_default=True, type=click.IntRange(min=1), help="Backgrounds (composites) per foreground, K.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Fixes every random choice.")
 @click.option("--route", type=click.Choice(["rssn", "plain"]), default="rssn", show_default=True,

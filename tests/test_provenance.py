@@ -210,3 +210,16 @@ def test_unknown_ids_stop_compose_with_the_line(tmp_path):
                    "--bg-attribution", str(attr))
     assert proc.returncode == 2 and f"{attr}: line 3: id b07 matches no image in --bg" in proc.stderr
     assert not (tmp_path / "o" / "manifest.jsonl").exists()
+
+
+def test_licence_names_and_terms_follow_bg20k_spellings():
+    from rssn.card import licence_name, licence_terms
+    from rssn.provenance import licence_key
+
+    assert licence_key("https://creativecommons.org/licenses/by-nc-nd/4.0/") == "cc-by-nc-nd-4.0"
+    assert licence_name("cc-by-nc-nd-4.0") == "CC BY-NC-ND 4.0" and licence_name("cc0-1.0") == "CC0 1.0"
+    assert licence_name(licence_key("")) == "unknown licence" and licence_name("pdm") == "Public Domain Mark"
+    t = licence_terms("cc-by-nc-nd-4.0")
+    assert "attribution required" in t and "non-commercial" in t and "no derivatives" in t and "share-alike" not in t
+    assert licence_terms("cc0") == "public domain: no conditions"
+    assert "share-alike" in licence_terms("cc-by-sa-2.0") and "non-commercial" not in licence_terms("cc-by-sa-2.0")
