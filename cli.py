@@ -143,7 +143,7 @@ def rssn() -> None:
 @click.option("--bg", "bg_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Backgrounds: every image below this folder (e.g. bg20k's train/).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: image/ alpha/ fg/ bg/ manifest.jsonl summary.json.")
+              help="Output folder: image/ alpha/ fg/ bg/ manifest.jsonl summary.json ATTRIBUTION.csv DATASET.md dataset.json.")
 @click.option("--per-fg", default=5, show_default=True, type=click.IntRange(min=1), help="Backgrounds (composites) per foreground, K.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Fixes every random choice.")
 @click.option("--route", type=click.Choice(["rssn", "plain"]), default="rssn", show_default=True,
@@ -175,10 +175,18 @@ def rssn() -> None:
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per webdataset shard.")
 @click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9), help="PNG compression level (1 is fast).")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100))
+@click.option("--bg-attribution", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV id,url,license,author,source of the backgrounds, matched by file stem  [default: the "
+                   "ATTRIBUTION.csv `bg20k build` wrote, in or beside --bg]")
+@click.option("--fg-attribution", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The same CSV for the foregrounds  [default: none: unknown licences]")
+@click.option("--licenses", "licenses", default=None,
+              help="Draw only inputs under these licences, e.g. cc0,cc-by (bg20k build's rule and spellings).")
+@click.option("--require-license", is_flag=True, help="Never draw an input without a licence on record.")
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, workers: int | None,
-                 overwrite: str | None, quiet: bool, **opts) -> None:
+                 overwrite: str | None, quiet: bool, licenses: str | None, **opts) -> None:
     """Composite every foreground over K backgrounds with the RSSN route.
 
     \b
@@ -202,24 +210,38 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
     with any other setting that changes the bytes stops before any work and names it
     (or --overwrite). One run per --out at a time. Bad inputs are recorded in
     OUT/manifest.jsonl and the run goes on.
+
+    \b
+    Provenance: every composite's record names its inputs' licence, author and source;
+    OUT/ATTRIBUTION.csv has one row per composite; OUT/DATASET.md (and dataset.json) is the
+    dataset card: counts, route, operation frequencies, licences, terms, known limits.
+    --licenses / --require-license are re-checked on every run: composites whose inputs
+    the rule now refuses are withdrawn (a background's slot is made again).
     """
+    from bg20k.licenses import parse_allowed
     from rssn.compose import ComposeConfig, DiskFullError, run_compose
     from rssn.layout import LayoutError
+    from rssn.provenance import AttributionError, LicenceRuleError
 
     try:
         kernels = _parse_kernels(blur_kernels)
     except click.BadParameter as exc:
         _fail_usage(f"--blur-kernels {exc.message}")
+    try:
+        opts["licenses"] = parse_allowed(licenses) if licenses is not None else None
+    except ValueError as exc:
+        _fail_usage(str(exc))
     check_output_folder(out_dir, {"--fg": fg_dir, "--bg": bg_dir})
     check_writable(out_dir)
     cfg = ComposeConfig(fg_dir=fg_dir, bg_dir=bg_dir, out_dir=out_dir, blur_kernels=kernels,
                         workers=workers or os.cpu_count() or 1, **opts)
-    from rssn.compose import byte_settings
+    from rssn.compose import PROVENANCE_SETTINGS, byte_settings
 
     try:
-        with claimed_output(out_dir, "rssn compose", byte_settings(cfg), may_grow=("per_fg",), overwrite=overwrite):
+        with claimed_output(out_dir, "rssn compose", byte_settings(cfg), may_grow=("per_fg",),
+                            may_change=PROVENANCE_SETTINGS, overwrite=overwrite):
             summary = run_compose(cfg, progress=not quiet)
-    except (LayoutError, FileNotFoundError) as exc:
+    except (LayoutError, FileNotFoundError, AttributionError, LicenceRuleError) as exc:
         _fail_usage(str(exc))
     except DiskFullError as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -229,8 +251,10 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
         ("foregrounds", s.foregrounds), ("backgrounds", s.backgrounds),
         ("composites planned", s.planned), ("made now", s.made), ("already done", s.skipped_existing),
         ("failed composites", s.failed_composites), ("failed inputs", s.failed_inputs),
+        ("refused by licence", f"{s.licence_refused_fg} foregrounds, {s.licence_refused_bg} backgrounds"),
+        ("withdrawn now", s.withdrawn),
         ("seconds", f"{s.seconds:.1f}"), ("composites/s", f"{s.composites_per_second:.2f}"),
-        ("manifest", out_dir / "manifest.jsonl"),
+        ("manifest", out_dir / "manifest.jsonl"), ("dataset card", out_dir / "DATASET.md"),
     ]), err=True)
     for f in s.failures[:20]:
         click.echo(f"  failed: {f['input']}: {f['reason']}", err=True)

@@ -245,6 +245,7 @@ def experiment_record(cfg: ExperimentConfig, arms: dict[str, Any], device, timin
         "settings": {k: v for k, v in asdict(cfg).items() if k != "arms"},
         "arms": {a: dict(o) for a, o in arms.items()},
         "compose_settings": composes,
+        "dataset_cards": dataset_cards(cfg),
         "versions": {"gfm-toolkit": toolkit, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
@@ -298,8 +299,22 @@ def write_results(cfg: ExperimentConfig, results: list[ArmResult]) -> None:
             lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("SAD, Grad, Conn, SAD-TRAN, SAD-FG, SAD-BG in thousands; lower is better.")
+    cards = dataset_cards(cfg)
+    if cards:  # what each arm trained on, and under which terms (rssn.card)
+        lines += ["", "## Data", ""] + [f"- {k}: [{v}]({v})" for k, v in cards.items()]
     atomic_write_bytes(cfg.out / "results.md", ("\n".join(lines) + "\n").encode())
     _plot(cfg.out / "results.png", table(results, "last", arms), heads)
+
+
+def dataset_cards(cfg: ExperimentConfig) -> dict[str, str]:
+    """ARM/rR -> the dataset card of the set it composed, relative to the experiment folder."""
+    out = {}
+    for arm, _ in cfg.arms:
+        for r in range(cfg.repeats):
+            card = _stage(cfg, arm, r) / "comp" / "DATASET.md"
+            if arm != ORI_ARM and card.exists():
+                out[f"{arm}/r{r}"] = card.relative_to(cfg.out).as_posix()
+    return out
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], heads: list[str]) -> None:

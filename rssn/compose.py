@@ -37,6 +37,7 @@ from .imageio import (
 )
 from .layout import ForegroundItem, InputFailure, find_foregrounds
 from .manifest import Manifest
+from .provenance import Provenance
 from .seeding import derive_rng
 
 OUTPUT_DIRS = ("image", "alpha", "fg", "bg")
@@ -70,6 +71,11 @@ class ComposeConfig:
     shard_size: int = 1000
     png_level: int = 1
     jpeg_quality: int = 95
+    # provenance (rssn.provenance): attribution files (None: bg20k's ATTRIBUTION.csv beside --bg)
+    bg_attribution: Path | None = None
+    fg_attribution: Path | None = None
+    require_license: bool = False
+    licenses: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_compose_settings(asdict(self))
@@ -130,6 +136,8 @@ def check_compose_settings(values: dict[str, Any]) -> None:
 
 # ComposeConfig fields that do not change a composite's bytes (how and where the work runs)
 RUN_ONLY_SETTINGS = ("out_dir", "workers", "executor", "ray_address", "retries", "cache_dir")
+# settings a re-run may change: they decide which inputs are drawn, re-checked on every run
+PROVENANCE_SETTINGS = ("bg_attribution", "fg_attribution", "require_license", "licenses")
 
 
 def byte_settings(cfg: ComposeConfig) -> dict[str, Any]:
@@ -159,6 +167,9 @@ class Summary:
     skipped_existing: int = 0
     failed_composites: int = 0
     failed_inputs: int = 0
+    licence_refused_fg: int = 0
+    licence_refused_bg: int = 0
+    withdrawn: int = 0
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -201,11 +212,17 @@ def assign_backgrounds(seed: int, stem: str, n_backgrounds: int, k: int) -> list
 # ------------------------------------------------------------------ stage 1: plan
 
 
-def plan(cfg: ComposeConfig, manifest: Manifest) -> tuple[list[Unit], list[InputFailure], Summary]:
-    """Pair the inputs, draw backgrounds, and leave out composites the manifest already holds."""
+def plan(cfg: ComposeConfig, manifest: Manifest, prov: Provenance | None = None
+         ) -> tuple[list[Unit], list[InputFailure], Summary]:
+    """Pair the inputs, draw backgrounds among those the licence rule of ``prov`` allows, and
+    leave out composites the manifest already holds."""
     items, failures = find_foregrounds(cfg.fg_dir, cfg.layout)
     backgrounds = [str(p) for p in list_images(cfg.bg_dir)]
+    if prov is not None:
+        items, backgrounds = prov.allowed(items, backgrounds)
     summary = Summary(foregrounds=len(items), backgrounds=len(backgrounds))
+    if prov is not None:
+        summary.licence_refused_fg, summary.licence_refused_bg = prov.refused_fg, prov.refused_bg
     if not backgrounds:
         raise FileNotFoundError(f"{cfg.bg_dir}: no background images found (looked for {', '.join(('jpg', 'png', 'webp', 'tif'))})")
     units = []
@@ -490,11 +507,19 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
     """Plan, execute and record a compose run; returns its summary (also written to summary.json)."""
     from tqdm import tqdm
 
+    from . import provenance
+    from .card import write_card
+
     t0 = time.perf_counter()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cfg.out_dir)
     manifest = Manifest(cfg.out_dir / "manifest.jsonl")
-    units, input_failures, summary = plan(cfg, manifest)
+    prov = provenance.for_config(cfg)
+    units, input_failures, summary = plan(cfg, manifest, prov)  # stops here when the rule leaves nothing
+    withdrawn = provenance.withdraw_refused(manifest, cfg.out_dir, prov)
+    if withdrawn:  # their slots are planned again over allowed backgrounds
+        units, input_failures, summary = plan(cfg, manifest, prov)
+    summary.withdrawn = withdrawn
     for f in input_failures:
         _record_failure(manifest, summary, _failure(f.path, f.reason, "input"))
 
@@ -512,7 +537,7 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
     def on_done(records: list[dict[str, Any]]) -> None:
         for rec in records:
             if rec["type"] == "composite":
-                manifest.append(rec)
+                manifest.append(prov.annotate(rec))
                 manifest.discard(f"failure:{rec['id']}")
                 manifest.discard(f"failure:{rec['fg']['stem']}")
                 summary.made += 1
@@ -529,11 +554,14 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
     finally:
         prep.close()
         bar.close()
+    provenance.refresh(manifest, prov)
     manifest.compact()
     if cfg.image_format == "webdataset":
         from .shards import pack_shards
 
         pack_shards(cfg.out_dir, manifest, cfg.shard_size)
+    provenance.write_composite_attribution(cfg.out_dir / "ATTRIBUTION.csv", manifest)
+    write_card(cfg, manifest, prov)
     summary.seconds = time.perf_counter() - t0
     _write_summary(cfg, summary)
     return summary

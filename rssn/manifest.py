@@ -71,6 +71,18 @@ class Manifest:
             del self.records[key]
             self._rewrite(self.records.values())
 
+    def replace(self, record: dict[str, Any]) -> None:
+        """Change a record in memory only; the next :meth:`compact` writes it (many changes, one write)."""
+        self.records[record["key"]] = json.loads(json.dumps(record, sort_keys=True, ensure_ascii=False))
+
+    def discard_many(self, keys) -> None:
+        """Forget several keys with one rewrite of the file."""
+        keys = [k for k in keys if k in self.records]
+        for k in keys:
+            del self.records[k]
+        if keys:
+            self._rewrite(self.records.values())
+
     def compact(self) -> None:
         """Rewrite the file sorted by key, so that a finished run's manifest does not depend on
         the order in which workers finished."""

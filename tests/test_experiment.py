@@ -53,6 +53,9 @@ def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
         assert 0 <= float(r["mse"]) <= 1
     md = (ref / "results.md").read_text()
     assert "| arm | SAD | MSE | MAD | Grad | Conn | SAD-TRAN | SAD-FG | SAD-BG |" in md and "| noise |" in md
+    for arm in ("plain", "noise"):  # each arm links the dataset card of the set it trained on
+        assert f"- {arm}/r0: [arms/{arm}/r0/comp/DATASET.md](arms/{arm}/r0/comp/DATASET.md)" in md
+        assert (ref / "arms" / arm / "r0" / "comp" / "DATASET.md").is_file()
     assert (ref / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((ref / "experiment.json").read_text())
     a, b = doc["compose_settings"]["plain"], doc["compose_settings"]["noise"]
