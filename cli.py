@@ -114,6 +114,12 @@ PROBABILITY = click.FloatRange(0.0, 1.0)
 BACKBONE_CHOICES = ["r34", "r34_2b", "r101", "d121"]  # gfm.model.BACKBONES (not imported: torch loads slowly)
 ROSTA_CHOICES = ["tt", "ft", "bt", "rim"]
 BM3D_PROFILES = click.Choice(list(DENOISE_PROFILES))
+# gfm.losses.LAPLACIAN_KINDS (not imported: torch loads slowly)
+LAPLACIAN_OPTION = click.option(
+    "--laplacian", type=click.Choice(["textbook", "authors"]), default="textbook", show_default=True,
+    help="Pyramid of the Laplacian loss terms. textbook: separable 5x5 binomial kernel, reflect padding, band = "
+         "level - upsampled next level. authors: the authors' code exactly (a kernel that sums two 1-D Gaussians, "
+         "replicate padding, band = level - its blur), to compare with their training runs.")
 
 
 def executor_options(f):
@@ -572,18 +578,21 @@ def gfm() -> None:
 @click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
 @click.option("--digest-log", default=None,
               help="Check for distributed runs: every rank appends (step, hash of its weights) to DIGEST_LOG.rankN.")
+@LAPLACIAN_OPTION
 @overwrite_option
 @click.option("--quiet", is_flag=True)
 def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained, crop, batch_size, epochs, lr, seed,
               workers, device, no_amp, val, max_steps_per_epoch, resume, photo_fgbg, fg_dir, bg_dir, per_fg, fg_method,
-              denoise_p, denoise_profile, cache_dir, digest_log, overwrite, quiet) -> None:
+              denoise_p, denoise_profile, cache_dir, digest_log, laplacian, overwrite, quiet) -> None:
     """Train a GFM (the authors' network) on photos with mattes or on `rssn compose` output.
 
     \b
     Loss (Eq. 6 of the paper): cross-entropy on the glance logits + focus alpha and Laplacian
     losses where the glance map leaves alpha undecided + alpha, Laplacian and composition
-    losses on the collaborative matte (photos get closed-form F and B). RIM: those three for
-    each RoSTa head plus the collaborative loss on the RIM output. Adam, lr 1e-5 as the paper.
+    losses on the collaborative matte (composition: a F + (1 - a) B against a_gt F + (1 - a_gt) B
+    with the same F and B, never the noisy input; photos get closed-form F and B). RIM: those
+    three for each RoSTa head plus the collaborative loss on the RIM output. Adam, lr 1e-5 as
+    the paper. README.md lists every departure from the paper and the authors' code.
     A checkpoint (OUT/last.pt) is written atomically after every epoch; --resume continues
     exactly where an interrupted run stopped.
 
@@ -621,7 +630,8 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
                       bridge=not no_bridge, pretrained=pretrained, crop=crop,
                       batch_size=batch_size, epochs=epochs, photo_fgbg=photo_fgbg, cache_dir=cache_dir, lr=lr, seed=seed, workers=workers, device=device,
                       amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume,
-                      fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route, digest_log=digest_log)
+                      fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route, digest_log=digest_log,
+                      laplacian=laplacian)
     if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
         _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
     if resume and overwrite:
@@ -753,10 +763,11 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Compose processes  [default: all cores]")
 @click.option("--denoise-profile", type=BM3D_PROFILES, default=None, help="BM3D profile for every arm.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
+@LAPLACIAN_OPTION
 @click.option("--quiet", is_flag=True)
 def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repeats, per_fg, seed, backbone, rosta,
                    pretrained, crop, batch_size, epochs, lr, max_steps_per_epoch, device, workers, denoise_profile,
-                   cache_dir, quiet) -> None:
+                   cache_dir, laplacian, quiet) -> None:
     """The paper's COMP-Track and RSSN ablation on your data: compose, train, evaluate each arm.
 
     \b
@@ -796,8 +807,11 @@ def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repe
                                      cache_dir=cache_dir, denoise_profile=denoise_profile, backbone=backbone,
                                      rosta=rosta, pretrained=pretrained, crop=crop,
                                      batch_size=batch_size or default_batch_size(backbone, dev.type), epochs=epochs,
-                                     lr=lr, max_steps_per_epoch=max_steps_per_epoch, device=device), arms)
+                                     lr=lr, max_steps_per_epoch=max_steps_per_epoch, device=device,
+                                     laplacian=laplacian), arms)
     settings = {k: v for k, v in cfg.__dict__.items() if k not in ("compose_workers", "device")}
+    if laplacian == "textbook":  # recorded only when not the default: experiments begun before the option resume
+        del settings["laplacian"]
     guard = claimed_output(out_dir, "gfm experiment", settings, may_grow=("repeats",), may_change=("arms",)) \
         if os.environ.get("RANK", "0") == "0" \
         else contextlib.nullcontext()

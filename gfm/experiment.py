@@ -102,6 +102,7 @@ class ExperimentConfig:
     max_steps_per_epoch: int | None = None
     device: str = "auto"
     loader_workers: int = 0
+    laplacian: str = "textbook"
 
 
 @dataclass
@@ -130,7 +131,7 @@ def train_config(cfg: ExperimentConfig, data: tuple[str, ...], out: Path, seed: 
                        crop=cfg.crop, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, seed=seed,
                        workers=cfg.loader_workers, device=cfg.device, val=str(cfg.val),
                        max_steps_per_epoch=cfg.max_steps_per_epoch, resume="auto",
-                       cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None)
+                       cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None, laplacian=cfg.laplacian)
 
 
 def _stage(cfg: ExperimentConfig, arm: str, repeat: int) -> Path:

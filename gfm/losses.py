@@ -8,6 +8,12 @@ every RoSTa.
 Loss: L = L_CE (glance) + L_FD (focus: alpha + Laplacian, where the glance map leaves alpha
 undecided) + L_CM (collaborative matte: alpha + Laplacian + composition, whole image). The
 authors weight the four groups 0.25 each; with Adam a common factor changes nothing.
+
+Two Laplacian pyramids (``laplacian=``): ``textbook`` (default; Burt and Adelson: separable 5x5
+binomial kernel, reflect padding, band = level - upsampled next level) and ``authors`` (the
+authors' core/evaluate.py: a 5x5 kernel that is the *sum* of two 1-D Gaussians, replicate
+padding, band = level - its blur, next level = 2x2 average of the blur). README.md's
+"Departures from the paper and from the authors' code" lists every difference.
 """
 from __future__ import annotations
 
@@ -85,14 +91,51 @@ def alpha_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return (err * weight).sum() / (weight.sum() + EPS)
 
 
+LAPLACIAN_KINDS = ("textbook", "authors")
+
+
 def _gauss_kernel(channels: int, device, dtype) -> torch.Tensor:
     k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device, dtype=dtype) / 16.0
     k = torch.outer(k1, k1)
     return k.expand(channels, 1, 5, 5).contiguous()
 
 
-def laplacian_pyramid(x: torch.Tensor, levels: int = 5) -> list[torch.Tensor]:
-    """Laplacian pyramid with a 5x5 Gaussian kernel (reflect padding)."""
+def authors_kernel() -> np.ndarray:
+    """The authors' 5x5 blur (``build_gauss_kernel(size=5, sigma=1)``) in float64:
+    k[i, j] = (g(i) + g(j)) / sum, g(t) = exp(-(t - 2)^2 / 2)^2 = exp(-(t - 2)^2). Their grid
+    has two coordinates per cell and they *sum* the 1-D Gaussians of the two where a 2-D
+    Gaussian multiplies them, so the kernel is a plus-shaped blur, not separable."""
+    g = np.exp(-((np.arange(5, dtype=np.float64) - 2.0) ** 2))
+    k = g[:, None] + g[None, :]
+    return k / k.sum()
+
+
+def _authors_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """The authors' pyramid: band = level - blur(level) (replicate padding), next level = 2x2
+    average pooling of the blur; always ``levels`` bands and the residual."""
+    if min(x.shape[-2:]) < 2 ** levels:
+        raise ValueError(f"the authors' Laplacian pyramid needs sides of at least {2 ** levels} px for {levels} "
+                         f"levels, got {tuple(x.shape[-2:])}; train with a larger --crop or --laplacian textbook")
+    c = x.shape[1]
+    k = torch.from_numpy(authors_kernel()).to(device=x.device, dtype=x.dtype).expand(c, 1, 5, 5).contiguous()
+    pyr, cur = [], x
+    for _ in range(levels):
+        blurred = F.conv2d(F.pad(cur, (2, 2, 2, 2), mode="replicate"), k, groups=c)
+        pyr.append(cur - blurred)
+        cur = F.avg_pool2d(blurred, 2)
+    pyr.append(cur)
+    return pyr
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int = 5, kind: str = "textbook") -> list[torch.Tensor]:
+    """Laplacian pyramid of NCHW ``x``: ``levels`` band-pass levels, finest first, then the
+    low-pass residual. ``textbook``: 5x5 binomial kernel, reflect padding, band = level minus
+    the upsampled next level (the bands add back up to ``x``; stops early below 3 px).
+    ``authors``: :func:`_authors_pyramid`."""
+    if kind == "authors":
+        return _authors_pyramid(x, levels)
+    if kind != "textbook":
+        raise ValueError(f"unknown Laplacian pyramid {kind!r}; use one of {', '.join(LAPLACIAN_KINDS)}")
     k = _gauss_kernel(x.shape[1], x.device, x.dtype)
     pyr, cur = [], x
     for _ in range(levels):
@@ -109,58 +152,79 @@ def laplacian_pyramid(x: torch.Tensor, levels: int = 5) -> list[torch.Tensor]:
     return pyr
 
 
-def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, levels: int = 5) -> torch.Tensor:
+def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, levels: int = 5,
+                   kind: str = "textbook") -> torch.Tensor:
     """Sum over pyramid levels of the mean L1 difference (inputs masked by ``weight`` first)."""
     if weight is not None:
         pred, target = pred * weight, target * weight
-    return sum(F.l1_loss(a, b) for a, b in zip(laplacian_pyramid(pred, levels), laplacian_pyramid(target, levels)))
+    return sum(F.l1_loss(a, b) for a, b in zip(laplacian_pyramid(pred, levels, kind), laplacian_pyramid(target, levels, kind)))
 
 
-def composition_loss(alpha: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Charbonnier difference between a F + (1 - a) B and the composite (all in [0, 1])."""
-    comp = alpha * fg + (1 - alpha) * bg
-    return torch.sqrt((comp - image) ** 2 + EPS**2).mean()
+def composition_loss(alpha_pred: torch.Tensor, alpha_gt: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 of the paper: Charbonnier difference between C(alpha_pred) and C(alpha_gt), where
+    C(a) = a F + (1 - a) B is made from the *same* F and B tensors (alphas N1HW, F and B N3HW,
+    all in [0, 1]).
+
+    Not against the training input: an RSSN composite carries noise that its stored (clean) F
+    and B do not, and a photo differs from its closed-form F and B by their residual, so the
+    input would put a floor under the loss at the true alpha and a gradient that pushes alpha
+    to explain noise. Here the loss at alpha_gt is 3 * EPS (the Charbonnier floor of the three
+    channels) and its gradient there is 0, whatever the input.
+
+    Scale as the authors (and the paper's "/N, N the number of pixels"): summed over the colour
+    channels, divided by the number of pixels (N * H * W), so the term is 3x a mean over every
+    value (their 0-255 values divided by 255 give the same figure).
+    """
+    d = (alpha_pred - alpha_gt) * (fg - bg)  # C(alpha_pred) - C(alpha_gt), without the rounding of two blends
+    return torch.sqrt(d ** 2 + EPS**2).sum(dim=1).mean()
 
 
-def _head_terms(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], suffix: str = "") -> dict[str, torch.Tensor]:
+def _head_terms(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], suffix: str = "",
+                laplacian: str = "textbook") -> dict[str, torch.Tensor]:
     """L_CE (glance) + L_FD (focus alpha and Laplacian on the focus weight) for one RoSTa head."""
     w = batch["transition" + suffix]
     target = batch["focus" + suffix]
     return {
         "ce": F.cross_entropy(out["glance"].float(), batch["glance" + suffix]),
         "focus_alpha": alpha_loss(out["focus"].float(), target, w),
-        "focus_lap": laplacian_loss(out["focus"].float(), target, w),
+        "focus_lap": laplacian_loss(out["focus"].float(), target, w, kind=laplacian),
     }
 
 
-def _fusion_terms(fusion: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _fusion_terms(fusion: torch.Tensor, batch: dict[str, torch.Tensor], laplacian: str = "textbook") -> dict[str, torch.Tensor]:
     """L_CM on a collaborative matte: alpha and Laplacian over the whole image, plus composition
-    where the sample has F and B (composites, or photos with closed-form F and B)."""
+    where the sample has F and B (composites: the stored F and B; photos: closed-form F and B)."""
     fusion = fusion.float()
-    terms = {"fusion_alpha": alpha_loss(fusion, batch["alpha"]), "fusion_lap": laplacian_loss(fusion, batch["alpha"])}
+    terms = {"fusion_alpha": alpha_loss(fusion, batch["alpha"]),
+             "fusion_lap": laplacian_loss(fusion, batch["alpha"], kind=laplacian)}
     has = batch["has_fgbg"].view(-1)
     if bool(has.any()):
         idx = has > 0
-        terms["comp"] = composition_loss(fusion[idx], batch["fg"][idx], batch["bg"][idx], batch["image_raw"][idx])
+        terms["comp"] = composition_loss(fusion[idx], batch["alpha"][idx], batch["fg"][idx], batch["bg"][idx])
     else:
         terms["comp"] = torch.zeros((), device=fusion.device)
     return terms
 
 
-def gfm_loss(out: dict, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def gfm_loss(out: dict, batch: dict[str, torch.Tensor], laplacian: str = "textbook") -> dict[str, torch.Tensor]:
     """Every loss term and their total ``loss`` = L_CE + L_FD + L_CM (Eq. 6 of the paper).
 
     For RIM (``out`` has ``heads``): the three RoSTa heads each with their own L_CE + L_FD + L_CM,
     plus L_CM on the RIM output; the reported terms are summed over the heads and RIM.
+    ``laplacian``: the pyramid of the Laplacian terms (``textbook`` or ``authors``). The batch's
+    ``fg`` and ``bg`` are the F and B of the composition term; the input image is not used.
     """
+    if laplacian not in LAPLACIAN_KINDS:
+        raise ValueError(f"unknown Laplacian pyramid {laplacian!r}; use one of {', '.join(LAPLACIAN_KINDS)}")
     if "heads" not in out:
-        terms = {**_head_terms(out, batch), **_fusion_terms(out["fusion"], batch)}
+        terms = {**_head_terms(out, batch, laplacian=laplacian), **_fusion_terms(out["fusion"], batch, laplacian)}
     else:
         terms = {}
         for r, head in out["heads"].items():
-            for k, v in {**_head_terms(head, batch, f"_{r}"), **_fusion_terms(head["fusion"], batch)}.items():
+            for k, v in {**_head_terms(head, batch, f"_{r}", laplacian),
+                         **_fusion_terms(head["fusion"], batch, laplacian)}.items():
                 terms[k] = terms.get(k, 0) + v
-        for k, v in _fusion_terms(out["fusion"], batch).items():
+        for k, v in _fusion_terms(out["fusion"], batch, laplacian).items():
             terms[k] = terms[k] + v
     terms["loss"] = sum(terms.values())
     return terms

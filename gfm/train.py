@@ -81,6 +81,7 @@ class TrainConfig:
     digest_log: str | None = None  # every rank appends (step, hash of its weights) to DIGEST_LOG.rankN
     photo_fgbg: bool = True  # closed-form F and B for photos, so they get the composition loss too
     cache_dir: str | None = None  # the rssn cache (default: the user's)
+    laplacian: str = "textbook"  # the Laplacian terms' pyramid: textbook | authors (gfm.losses)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, rosta=self.rosta, decoder=self.decoder, ppm=self.ppm,
@@ -116,8 +117,8 @@ def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state: TrainState, on_step,
-                    max_steps: int | None = None, progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each loss term."""
+                    max_steps: int | None = None, progress: bool = True, laplacian: str = "textbook") -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each loss term (``laplacian``: the pyramid)."""
     from tqdm import tqdm
 
     model.train()
@@ -129,7 +130,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device_type=device.type, enabled=use_amp):
             out = model(batch["image"])
-        terms = gfm_loss(out, batch)
+        terms = gfm_loss(out, batch, laplacian)
         optimizer.zero_grad(set_to_none=True)
         if use_amp:
             scaler.scale(terms["loss"]).backward()
@@ -332,6 +333,10 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         if diffs:
             raise ValueError(f"{resume}: the checkpoint was trained on other data ({'; '.join(diffs)}); resume with "
                              "the same data options, or train into another --out")
+        old_lap = json.loads(ckpt["config"]).get("laplacian", "textbook")
+        if old_lap != cfg.laplacian:
+            raise ValueError(f"{resume}: the checkpoint was trained with --laplacian {old_lap}, not {cfg.laplacian}; "
+                             f"resume with --laplacian {old_lap}, or train into another --out")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -368,7 +373,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
                             pin_memory=device.type == "cuda")
         t0 = time.perf_counter()
         means = train_one_epoch(model, loader, optimizer, scaler, device, epoch, state, on_step,
-                                cfg.max_steps_per_epoch, progress and is_main)
+                                cfg.max_steps_per_epoch, progress and is_main, cfg.laplacian)
         state.epoch = epoch + 1
         record = {"epoch": state.epoch, "seconds": round(time.perf_counter() - t0, 2), **means}
         if val_samples:

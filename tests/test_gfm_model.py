@@ -220,9 +220,8 @@ def test_alpha_and_composition_loss_by_hand():
     assert float(alpha_loss(p, g, w)) == pytest.approx(0.5, abs=1e-5)
     fg = torch.ones(1, 3, 1, 2)
     bg = torch.zeros(1, 3, 1, 2)
-    img = torch.full((1, 3, 1, 2), 0.5)
-    # a F + (1 - a) B = a here: |0 - 0.5| and |1 - 0.5| -> mean 0.5
-    assert float(composition_loss(p, fg, bg, img)) == pytest.approx(0.5, abs=1e-5)
+    # C(a) = a here: |0 - 0.5| and |1 - 1| in 3 channels each -> (1.5 + 0) / 2 pixels (tests/test_losses.py)
+    assert float(composition_loss(p, g, fg, bg)) == pytest.approx(0.75, abs=1e-5)
 
 
 def test_laplacian_pyramid_reconstructs_and_loss_sees_edges():
