@@ -26,7 +26,7 @@ from .layout import LayoutError, MATTE_DIRS, PHOTO_DIRS, find_foregrounds
 from .manifest import Manifest
 from .measures import ERODE_PX, GAPS, MEASURES, MIN_REGION_PX, measure_image
 
-MEASURES_VERSION = 1  # bump when a measure's definition changes: cached rows are then measured again
+MEASURES_VERSION = 2  # bump when a measure's definition changes: cached rows are then measured again
 SEM_COLUMNS = ("sem_bg",)
 
 
@@ -175,6 +175,54 @@ def fingerprint(item: AuditItem, erode: int) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+# The IJG / JPEG Annex K luminance quantisation table (libjpeg, OpenCV and Pillow scale it by quality).
+_IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                      14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+                      92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+_FORMATS = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"BM", "bmp"))
+
+
+def _ijg_table(quality: int) -> np.ndarray:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """The IJG quality (1-100) whose luminance table is nearest the file's first quantisation
+    table (exact for files libjpeg, OpenCV or Pillow wrote with a quality setting); None when
+    ``data`` holds no DQT segment. Tables are compared sorted, so their order does not matter."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDB and i + 4 + 65 <= len(data):
+            precision = data[i + 4] >> 4
+            raw = data[i + 5:i + 5 + 64 * (1 + precision)]
+            table = np.frombuffer(raw, ">u2" if precision else np.uint8).astype(np.int64)
+            table = np.sort(table)
+            errors = [int(np.abs(np.sort(_ijg_table(q)) - table).sum()) for q in range(1, 101)]
+            return int(np.argmin(errors)) + 1
+        if marker == 0xDA:           # start of scan: no table came first
+            return None
+        i += 2 + length
+    return None
+
+
+def image_format(path: str) -> tuple[str, int | None]:
+    """(format, JPEG quality or None) of an image file from its first bytes: png, jpeg, webp,
+    tiff, bmp or other."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return "unreadable", None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp", None
+    for magic, name in _FORMATS:
+        if head.startswith(magic):
+            return name, (jpeg_quality(head) if name == "jpeg" else None)
+    return "other", None
+
+
 def read_pair(item: AuditItem) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8, alpha float32 in [0, 1]) of one item; ImageReadError names the bad file."""
     if item.matte is None:
@@ -196,6 +244,7 @@ def measure_item(item: AuditItem, erode: int) -> dict[str, Any]:
     except ImageReadError as exc:
         return {**row, "status": "failed", "reason": f"{exc.path}: {exc.reason}"}
     values = measure_image(image, alpha, erode)
+    row["format"], row["jpeg_quality"] = image_format(item.image)
     row.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
     row["pixels"] = int(image.shape[0] * image.shape[1])
     missing = sorted({k.rsplit("_", 1)[0] for k in MEASURES if row.get(k) is None})

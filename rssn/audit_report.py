@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .audit import AuditConfig, AuditItem, AuditResult
 
 THUMB_WIDTH = 220
-EXTRA_COLUMNS = ("fg_px", "bg_px", "pixels")
+EXTRA_COLUMNS = ("fg_px", "bg_px", "pixels", "format", "jpeg_quality", "res_tile")
 
 MEANING = {
     "noise_fg": "noise std of the foreground, 0-255", "noise_bg": "noise std of the background, 0-255",
@@ -64,7 +64,7 @@ def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "
     sets_doc = {}
     for s in result.sets:
         mine = [r for r in rows if r["set"] == s.name]
-        sets_doc[s.name] = {"root": s.root, "kind": s.kind, "images": len(s.items),
+        sets_doc[s.name] = {"root": s.root, "kind": s.kind, "images": len(s.items), "formats": formats(mine),
                             "ok": sum(r.get("status") == "ok" for r in mine),
                             "too_small": sum(r.get("status") == "too_small" for r in mine),
                             "failed": sum(r.get("status") == "failed" for r in mine), "input_failures": len(s.failures)}
@@ -82,6 +82,21 @@ def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "
     hists = write_histograms(out / "hist", rows, [s.name for s in result.sets], result.reference, result.columns)
     thumbs = write_thumbnails(out / "thumbs", far, by_key)
     write_html(out / "report.html", result, far, hists, thumbs, by_key, sets_doc)
+
+
+def formats(rows: list[dict]) -> dict[str, int]:
+    """How many measured images of each file format ("jpeg q95", "png", ...)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        if r.get("status") != "ok" or not r.get("format"):
+            continue
+        key = r["format"] + (f" q{r['jpeg_quality']}" if r.get("jpeg_quality") is not None else "")
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _formats_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "–"
 
 
 def write_histograms(folder: Path, rows: list[dict], set_names: list[str], reference: str,
@@ -171,6 +186,7 @@ def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hi
 
     gaps = gap_columns(result.columns)
     names = [s.name for s in result.sets]
+    rows_by_key = {f"{r['set']}/{r['name']}": r for r in result.rows}
     ref = result.reference
 
     def cell(col: str, s: str) -> str:
@@ -183,7 +199,8 @@ def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hi
         best = ' class="best"' if len(others) > 1 and m["w1"] == min(others) else ""
         return f"<td{best}>{m['w1']:.3g}</td>"
 
-    dist = "".join(f"<tr><th>{e(s)}</th><td>{sets_doc[s]['ok']}</td>" + "".join(cell(c, s) for c in gaps) + "</tr>"
+    dist = "".join(f"<tr><th>{e(s)}</th><td>{sets_doc[s]['ok']}</td><td class=\"fmt\">"
+                   f"{e(_formats_text(sets_doc[s]['formats']))}</td>" + "".join(cell(c, s) for c in gaps) + "</tr>"
                    for s in names)
     medians = "".join(
         f"<tr><th>{e(s)}</th>" + "".join(
@@ -201,8 +218,11 @@ def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hi
             item = by_key[key]
             img = f'<img src="{e(thumbs[key])}" alt="{e(key)}">' if key in thumbs else ""
             ops = describe_ops(item.ops) if item.ops else "a photo (no operations)"
+            row = rows_by_key.get(key, {})
+            fmt = (row.get("format") or "") + (f" q{row['jpeg_quality']}" if row.get("jpeg_quality") is not None else "")
             cards.append(f'<figure class="card">{img}<figcaption><b>{e(key)}</b><br>{e(col)} = {f["value"]:.3g} '
                          f'(reference median {ref_med:.3g})<br><span class="ops">{e(ops)}</span><br>'
+                         f'<span class="fmt">{e(fmt)}</span><br>'
                          f'<small>{e(item.source)}</small></figcaption></figure>')
         if cards:
             far_html.append(f'<h3>{e(col)}</h3><div class="grid">{"".join(cards)}</div>')
@@ -231,7 +251,7 @@ distributed like the reference's is closer to real photos.</p>
 <h2 id="distance">Distance to the reference</h2>
 <p>Wasserstein-1 distance between the set's per-image gaps and the reference's (lower is closer to real; the
 closest set per measure in bold).</p>
-<table id="distance-table"><tr><th>set</th><th>images</th>{head}</tr>{dist}</table>
+<table id="distance-table"><tr><th>set</th><th>images</th><th>formats</th>{head}</tr>{dist}</table>
 <h2 id="medians">Medians [quartiles]</h2>
 <table id="median-table"><tr><th>set</th>{mhead}</tr>{medians}</table>
 <h2 id="histograms">Histograms</h2>
