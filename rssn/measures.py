@@ -397,27 +397,62 @@ _SRGB_TO_LINEAR = np.where(_C <= 0.04045, _C / 12.92, ((_C + 0.055) / 1.055) ** 
 _RGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 
 
+def _planck_uv(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CIE 1960 (u, v) of a black body at ``t`` kelvin: Krystek's rational fit (1985, Color Res.
+    Appl. 10(1)), within 1e-4 of Planck's law and the 2-degree observer for 1000-15000 K and
+    within 0.004 as t goes to infinity (u, v -> 0.1817, 0.2604 against 0.1800, 0.2635)."""
+    u = (0.860117757 + 1.54118254e-4 * t + 1.28641212e-7 * t * t) / (1 + 8.42420235e-4 * t + 7.08145163e-7 * t * t)
+    v = (0.317398726 + 4.22806245e-5 * t + 4.20481691e-8 * t * t) / (1 - 2.89741816e-5 * t + 1.61456053e-7 * t * t)
+    return u, v
+
+
+_LOCUS_MIRED = np.arange(0.5, 1000.0001, 0.5)            # 2,000,000 K down to 1000 K
+_LOCUS_U, _LOCUS_V = _planck_uv(1e6 / _LOCUS_MIRED)
+MAX_DUV = 0.05   # farther from the locus than this, a colour has no meaningful colour temperature
+
+
+def planckian_mired(u: float, v: float) -> tuple[float, float]:
+    """(mired, Duv) of the point of the Planckian locus nearest CIE 1960 (u, v), as in Ohno's
+    (2014, LEUKOS 10(1)) search: the nearest of the tabulated points 0.5 mired apart, refined
+    by a parabola through it and its neighbours. Duv is the signed distance (positive above
+    the locus, towards green)."""
+    d2 = (_LOCUS_U - u) ** 2 + (_LOCUS_V - v) ** 2
+    i = int(np.argmin(d2))
+    m = float(_LOCUS_MIRED[i])
+    if 0 < i < len(d2) - 1:
+        a, b, c = d2[i - 1], d2[i], d2[i + 1]
+        den = a - 2 * b + c
+        if den > 0:
+            m += 0.5 * (a - c) / den * float(_LOCUS_MIRED[1] - _LOCUS_MIRED[0])
+    lu, lv = _planck_uv(np.array(1e6 / m))
+    duv = math.hypot(u - float(lu), v - float(lv))
+    return m, math.copysign(duv, v - float(lv))
+
+
 def colour_temperature_mired(image: np.ndarray | ImageMaps, mask: np.ndarray) -> float:
     """The correlated colour temperature of the region's mean colour, in mired (10^6 / K;
-    higher is warmer, and equal steps in mired are about equally visible).
+    higher is warmer, and equal steps in mired are about equally visible); NaN when the colour
+    lies farther than Duv 0.05 from the Planckian locus (a saturated backdrop has no colour
+    temperature) or beyond 1000 K.
 
-    Mean linear sRGB -> CIE XYZ (D65) -> chromaticity xy -> CCT by McCamy's cubic (McCamy
-    1992, Color Res. Appl. 17(2)), clamped to 1000-25000 K where the cubic holds. Xue et al.
-    2012 found colour temperature one of the statistics that most decide whether a composite
-    looks real.
+    Mean linear sRGB -> CIE XYZ (D65) -> CIE 1960 uv -> the nearest point of the Planckian
+    locus (`planckian_mired`), the CIE definition of CCT, which holds from 1000 K to infinite
+    temperature (0 mired); McCamy's cubic, used before, fits only near the locus between about
+    2000 and 12500 K and put deep blues at 1000 mired. Xue et al. 2012 found colour temperature
+    one of the statistics that most decide whether a composite looks real.
     """
     if mask.sum() < MIN_REGION_PX:
         return math.nan
     u8 = _maps(image).u8
     rgb = np.array([np.bincount(u8[..., c][mask], minlength=256) @ _SRGB_TO_LINEAR for c in range(3)]) / mask.sum()
     X, Y, Z = _RGB_TO_XYZ @ rgb
-    total = X + Y + Z
-    if total <= 1e-9:
+    den = X + 15 * Y + 3 * Z
+    if den <= 1e-9:
         return math.nan
-    x, y = X / total, Y / total
-    n = (x - 0.3320) / (0.1858 - y) if y != 0.1858 else 0.0
-    cct = 449.0 * n ** 3 + 3525.0 * n ** 2 + 6823.3 * n + 5520.33
-    return float(1e6 / min(max(cct, 1000.0), 25000.0))
+    mired, duv = planckian_mired(4 * X / den, 6 * Y / den)
+    if abs(duv) > MAX_DUV or mired >= float(_LOCUS_MIRED[-1]):
+        return math.nan
+    return float(mired)
 
 
 def colour_stats(image: np.ndarray | ImageMaps, mask: np.ndarray) -> dict[str, float]:

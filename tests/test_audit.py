@@ -270,13 +270,40 @@ def test_colour_gaps_follow_the_injected_change():
         assert m["noise_fg"] == base["noise_fg"] and m["sharp_fg"] == base["sharp_fg"]
 
 
+def _uv(x: float, y: float) -> tuple[float, float]:
+    d = -2 * x + 12 * y + 3
+    return 4 * x / d, 6 * y / d
+
+
 def test_colour_temperature_of_known_whites():
+    """CIE-tabulated CCTs (CIE 15:2004): illuminant A 2856 K, D65 6504 K (Duv +0.0032), D50
+    5003 K; an sRGB white is D65. The nearest-point search agrees within 0.2 %."""
+    for (x, y), kelvin in (((0.44757, 0.40745), 2856), ((0.31271, 0.32902), 6504), ((0.34567, 0.35850), 5003)):
+        mired, duv = M.planckian_mired(*_uv(x, y))
+        assert 1e6 / mired == pytest.approx(kelvin, rel=0.002) and abs(duv) < 0.006
+    assert M.planckian_mired(*_uv(0.31271, 0.32902))[1] == pytest.approx(0.0032, abs=0.0003)
     mask = np.ones((64, 64), bool)
-    d65 = np.full((64, 64, 3), 255, np.uint8)          # sRGB white is D65, 6504 K
-    assert M.colour_temperature_mired(d65, mask) == pytest.approx(1e6 / 6504, rel=0.01)
+    d65 = np.full((64, 64, 3), 255, np.uint8)
+    assert M.colour_temperature_mired(d65, mask) == pytest.approx(1e6 / 6504, rel=0.002)
     warm = np.zeros((64, 64, 3), np.uint8)
     warm[:] = (255, 180, 107)                            # about 3000 K on the Planckian locus
     assert 1e6 / M.colour_temperature_mired(warm, mask) == pytest.approx(3000, rel=0.08)
+
+
+def test_deep_blue_has_a_temperature_or_none_not_a_clamp():
+    """A pale blue sky lies near the locus above 10000 K; a saturated blue (Duv > 0.05) has no
+    CCT: NaN, not the 1000-mired clamp McCamy's cubic gave. GT12's blue backdrop: temp_gap was
+    +608 mired (clamped); the nearest Planckian point makes it negative (the backdrop is cooler
+    than the subject: measured -391)."""
+    mask = np.ones((64, 64), bool)
+    sky = np.zeros((64, 64, 3), np.uint8)
+    sky[:] = (200, 220, 255)
+    assert 1e6 / M.colour_temperature_mired(sky, mask) > 9000
+    blue = np.zeros((64, 64, 3), np.uint8)
+    blue[:] = (30, 60, 160)
+    assert math.isnan(M.colour_temperature_mired(blue, mask))
+    image, alpha = _photo("GT12")
+    assert -450 < M.measure_image(image, alpha)["temp_gap"] < -250
 
 
 def test_regions_too_small_are_reported_not_scored(tmp_path):
