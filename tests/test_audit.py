@@ -369,6 +369,51 @@ def test_background_detections_count_only_boxes_in_the_background():
     assert [d.name for d in background_detections(dets, alpha <= 0.01, 0.25, {"dog"}, 0.01)] == ["dog"]
 
 
+# ------------------------------------------------------------------ uncertainty
+
+
+def _rows(values: dict[str, np.ndarray]) -> list[dict]:
+    return [{"set": s, "name": str(i), "status": "ok", "noise_gap": float(x)} for s, v in values.items()
+            for i, x in enumerate(v)]
+
+
+def test_w1_intervals_and_the_bold_rule():
+    """The issue's case: against a 30-photo reference, a 5,000-image set shifted by 0.15 sd and
+    an identical 30-image set. W1 alone ranks the small identical set closer in most draws; the
+    intervals overlap, so neither is marked closest, and both are flagged as too few. A set 2 sd
+    away is clearly farther than the shifted one. Same inputs, same numbers."""
+    from rssn.audit import clearly_closest, summarise
+
+    rng = np.random.default_rng(1)
+    values = {"big": rng.normal(0.15, 1, 5000), "same": rng.normal(0, 1, 30), "far": rng.normal(2, 1, 5000),
+              "real": rng.normal(0, 1, 30)}
+    rows = _rows(values)
+    m = summarise(rows, ["big", "same", "real"], "real", ("noise_gap",))["noise_gap"]
+    for s in ("big", "same"):
+        assert m[s]["w1_lo"] <= m[s]["w1"] <= m[s]["w1_hi"] and m[s]["few"], m[s]
+    assert m["same"]["w1_hi"] > m["big"]["w1_lo"] and clearly_closest(m, "real") is None
+    m2 = summarise(rows, ["big", "far", "real"], "real", ("noise_gap",))["noise_gap"]
+    assert clearly_closest(m2, "real") == "big" and m2["far"]["w1_lo"] > m2["big"]["w1_hi"]
+    assert summarise(rows, ["big", "same", "real"], "real", ("noise_gap",))["noise_gap"] == m
+
+
+def test_w1_interval_covers_the_true_distance():
+    """500 images each, N(0.3, 1) against N(0, 1): W1 is 0.3. Over 40 seeded draws the 95 %
+    interval holds it in 37 (binomial: 33 or more in 95 % of such experiments if the coverage
+    is 0.95; a fixed seed makes it the same 37 everywhere), is narrower than 0.3, and nothing
+    is flagged as too few."""
+    from rssn.audit import summarise
+
+    hits = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        rows = _rows({"shifted": rng.normal(0.3, 1, 500), "real": rng.normal(0, 1, 500)})
+        m = summarise(rows, ["shifted", "real"], "real", ("noise_gap",))["noise_gap"]["shifted"]
+        hits += m["w1_lo"] < 0.3 < m["w1_hi"]
+        assert m["w1_hi"] - m["w1_lo"] < 0.3 and not m["few"] and m["n"] == 500, m
+    assert hits >= 33, hits
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -431,9 +476,15 @@ def test_audit_of_plain_and_rssn_composites_against_the_photos(tmp_path):
         table = b.eval("Array.from(document.querySelectorAll('#distance-table tr')).map("
                        "r => Array.from(r.children).map(c => c.textContent))")
         assert [row[0] for row in table] == ["set", "plain", "rssn", "real"]
-        assert table[0][2:] == ["noise_gap", "sharp_gap", "res_gap", "lum_gap", "sat_gap", "temp_gap", "contrast_gap"]
-        assert table[1][2] == f"{doc['measures']['noise_gap']['plain']['w1']:.3g}"
-        assert set(table[3][2:]) == {"reference"}
+        assert table[0][2:] == ["formats", "noise_gap", "sharp_gap", "res_gap", "lum_gap", "sat_gap", "temp_gap",
+                                "contrast_gap"]
+        m = doc["measures"]["noise_gap"]["plain"]
+        assert table[1][2] == "png: 6"
+        assert table[1][3] == f"{m['w1']:.3g} [{m['w1_lo']:.3g}, {m['w1_hi']:.3g}]n=6\u26a0"
+        assert all(c.startswith("reference") for c in table[3][3:])
+        # 3 photos and 6 composites: every cell warns, no set is marked closest
+        assert b.eval("document.querySelectorAll('#distance-table td.best').length") == 0
+        assert b.eval("document.querySelectorAll('#distance-table .few').length") == 3 * 7
         b.wait_for("Array.from(document.querySelectorAll('img')).every(i => i.complete)")
         hist = b.eval("Array.from(document.querySelectorAll('figure.hist img')).map(i => [i.getAttribute('src'), "
                       "i.naturalWidth])")
@@ -478,7 +529,40 @@ def test_audit_counts_salient_objects_in_the_background(tmp_path, monkeypatch):
     assert sem == {"p0": 1, "p1": 0}
     assert result.measures["sem_bg"]["real"]["median"] == 0.5
     header = (tmp_path / "audit" / "audit.csv").read_text().splitlines()[0]
-    assert header.endswith("contrast_gap,sem_bg,fg_px,bg_px,pixels")
+    assert header.endswith("contrast_gap,sem_bg,fg_px,bg_px,pixels,format,jpeg_quality,res_tile")
+
+
+def test_report_links_odd_file_names_and_keeps_outliers_in_range(tmp_path):
+    """Thumbnails of images named 'a#1', '50%' and 'sp ace' load: their src is URL-encoded and
+    decodes to the file written. The histogram range is the 1st-99th percentile: one gap of
+    -6.4 among values in [-1.4, 0] does not stretch it."""
+    import re
+    from urllib.parse import unquote
+
+    from rssn.audit_report import hist_range
+
+    rng = np.random.default_rng(0)
+    for set_name, names in (("real", ("r0", "r1")), ("odd", ("a#1", "50%", "sp ace"))):
+        root = tmp_path / set_name
+        (root / "image").mkdir(parents=True)
+        (root / "alpha").mkdir()
+        for n in names:
+            a = np.zeros((200, 300), np.uint8)
+            a[30:170, 60:200] = 255
+            cv2.imwrite(str(root / "image" / f"{n}.png"), (rng.random((200, 300, 3)) * 255).astype(np.uint8))
+            cv2.imwrite(str(root / "alpha" / f"{n}.png"), a)
+    cfg = AuditConfig(sets=(("odd", tmp_path / "odd"), ("real", tmp_path / "real")), out_dir=tmp_path / "audit",
+                      reference="real", workers=1, far=3)
+    run_audit(cfg, progress=False)
+    page = (tmp_path / "audit" / "report.html").read_text()
+    srcs = re.findall(r'<figure class="card"><img src="([^"]+)"', page)
+    assert {unquote(x) for x in srcs} == {"thumbs/odd/a#1.jpg", "thumbs/odd/50%.jpg", "thumbs/odd/sp ace.jpg"}
+    for x in srcs:
+        assert "#" not in x and " " not in x and re.fullmatch(r"([^%]|%[0-9A-F]{2})*", x), x
+        assert (tmp_path / "audit" / unquote(x)).is_file()
+    values = np.concatenate([np.linspace(-1.4, 0, 199), [-6.4]])
+    lo, hi = hist_range(values)
+    assert -1.4 <= lo < -1.3 and -0.1 < hi <= 0
 
 
 def test_audit_usage_errors_name_the_problem(tmp_path):
