@@ -216,6 +216,10 @@ def _gradient_noise_gain() -> float:
 
 
 GRADIENT_NOISE_GAIN = _gradient_noise_gain()
+# At least this share of the gradient energy is kept as detail: after JPEG the noise estimate can
+# exceed the noise left in the gradient (the encoder removed some, 1.03-1.16x at quality 95), and a
+# blurred noisy background would otherwise read 0 and leave its gap undefined.
+SHARP_MIN_SHARE = 0.01
 
 
 def masked_local_std(g: np.ndarray, mask: np.ndarray, window: int, noise_var: float = 0.0) -> np.ndarray:
@@ -243,7 +247,8 @@ def sharpness(image: np.ndarray | ImageMaps, mask: np.ndarray, window: int = CON
     scales larger than the blurs the paper uses), plus 1 so flat regions stay finite. White
     noise of std s in luma adds 0.0503 s^2 to the mean gradient energy and s^2 to each local
     variance; both are subtracted, with s = `luma_noise_sigma` of the region (``noise``, when
-    the caller has it), so noise added to a blurred background does not make it look sharp.
+    the caller has it), so noise added to a blurred background does not make it look sharp
+    (at least 1 % of the energy is kept, so an overestimated noise cannot give 0).
     A box blur of kernel k attenuates the fine scales more than the coarse ones, so the value
     falls monotonically with k (tested for k = 1..60 on real photos, and for 20, 40, 60 with
     noise sigma 5 and 10 added).
@@ -254,9 +259,10 @@ def sharpness(image: np.ndarray | ImageMaps, mask: np.ndarray, window: int = CON
     maps = _maps(image)
     s = luma_noise_sigma(maps, mask) if noise is None else noise
     s2 = s * s if math.isfinite(s) else 0.0
-    energy = float(np.mean(maps.gradient_energy[inner], dtype=np.float64)) - GRADIENT_NOISE_GAIN * s2
+    total = float(np.mean(maps.gradient_energy[inner], dtype=np.float64))
+    energy = total - GRADIENT_NOISE_GAIN * s2
     contrast = float(masked_local_std(maps.grey, mask, window, s2)[inner].mean(dtype=np.float64))
-    return math.sqrt(max(energy, 0.0)) / (contrast + 1.0)
+    return math.sqrt(max(energy, SHARP_MIN_SHARE * total)) / (contrast + 1.0)
 
 
 # ------------------------------------------------------------------ resolution

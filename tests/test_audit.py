@@ -220,6 +220,18 @@ def test_sharpness_and_resolution_are_robust_to_white_noise_on_the_scenes():
                     assert res[k] == pytest.approx(clean[k][1], abs=0.01), (where, k)
 
 
+def test_sharpness_of_a_blurred_noisy_jpeg_stays_positive_and_ordered():
+    """Box 60 + sigma 10 + JPEG 95 (an RSSN composite written with --format jpg): the noise
+    estimate exceeds what is left in the gradient, yet sharpness stays above 0 (1 % of the
+    energy is kept; it read 0 and left sharp_gap empty on an audited composite) and below the
+    sharp scene's, and all three sharp -> box 20 -> box 60 stay in order."""
+    for name, im in _backgrounds()[:3]:
+        mask = np.ones(im.shape[:2], bool)
+        v = [M.sharpness(_jpeg(_u8(_noisy(x, 10, 1)), 95), mask) for x in (im, cv2.blur(im, (20, 20)),
+                                                                          cv2.blur(im, (60, 60)))]
+        assert v[0] > v[1] > v[2] > 0, (name, v)
+
+
 def test_sharpness_and_resolution_are_robust_to_white_noise_on_the_photos():
     """The same degradations of the alphamatting photos' backgrounds (the foreground untouched).
     Their backdrops are already defocused: resolution reads 0.13-0.21 before any change, near
@@ -389,8 +401,10 @@ def test_w1_intervals_and_the_bold_rule():
               "real": rng.normal(0, 1, 30)}
     rows = _rows(values)
     m = summarise(rows, ["big", "same", "real"], "real", ("noise_gap",))["noise_gap"]
-    for s in ("big", "same"):
-        assert m[s]["w1_lo"] <= m[s]["w1"] <= m[s]["w1_hi"] and m[s]["few"], m[s]
+    # a percentile interval of a distance leans upwards (resampling adds spread, and spread adds
+    # distance): with 30 images the estimate can sit at or below its lower end; with 5,000 not
+    assert m["big"]["w1_lo"] <= m["big"]["w1"] <= m["big"]["w1_hi"]
+    assert all(m[s]["few"] and m[s]["w1_lo"] < m[s]["w1_hi"] for s in ("big", "same")), m
     assert m["same"]["w1_hi"] > m["big"]["w1_lo"] and clearly_closest(m, "real") is None
     m2 = summarise(rows, ["big", "far", "real"], "real", ("noise_gap",))["noise_gap"]
     assert clearly_closest(m2, "real") == "big" and m2["far"]["w1_lo"] > m2["big"]["w1_hi"]
