@@ -279,7 +279,9 @@ away from the boundary, are measured; a <i>gap</i> compares the background with 
 distributed like the reference's is closer to real photos.</p>
 <h2 id="distance">Distance to the reference</h2>
 <p>Wasserstein-1 distance between the set's per-image gaps and the reference's (lower is closer to real), with
-its {CI_PERCENT} % bootstrap interval ({BOOTSTRAP} resamples of both sets, seeded) and <i>n</i>, the images with
+its {CI_PERCENT} % bootstrap interval ({BOOTSTRAP} resamples of both sets, seeded; a percentile interval of a
+distance leans upwards with few images, where the distance itself can sit at its lower end) and <i>n</i>, the
+images with
 a value in that column (an image can lack one measure, e.g. a resolution where no tile fits, so columns can cover
 different images). A set is in bold only where its interval lies wholly below every other set's.
 Resolution is measured with one tile size per image for both regions (res_tile in audit.csv) and cannot read
