@@ -494,7 +494,7 @@ def test_audit_of_plain_and_rssn_composites_against_the_photos(tmp_path):
                                 "contrast_gap"]
         m = doc["measures"]["noise_gap"]["plain"]
         assert table[1][2] == "png: 6"
-        assert table[1][3] == f"{m['w1']:.3g} [{m['w1_lo']:.3g}, {m['w1_hi']:.3g}]n=6\u26a0"
+        assert table[1][3] == f"{m['w1']:.3g} [{m['w1_lo']:.3g}, {m['w1_hi']:.3g}]n=6 \u26a0"
         assert all(c.startswith("reference") for c in table[3][3:])
         # 3 photos and 6 composites: every cell warns, no set is marked closest
         assert b.eval("document.querySelectorAll('#distance-table td.best').length") == 0
