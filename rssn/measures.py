@@ -191,9 +191,10 @@ def noise_sigma(image: np.ndarray | ImageMaps, mask: np.ndarray) -> float:
     0.669, its gain for independent channel noise (RSSN's), so sigma 10 reads 10. Noise
     correlated across channels (a camera's, after demosaicking) reads up to 1.5x its
     per-channel std. Accuracy (tests/test_audit.py): flat content within 3 %; noise added to
-    clean photos within 20 % for sigma 5-20 as PNG; as JPEG 0.9-1.25 at quality 95 (sigma 5,
-    10) and quality 90 (sigma 10); quality 90 removes most of sigma 5 (reads 0.3-0.5: the
-    noise is gone, not missed). In texture at sigma 2 it reads about 2x.
+    clean photos within 20 % for sigma 5-20 as PNG; as JPEG 1.03-1.16x at quality 95 (sigma 5,
+    10; 0.63-0.77x before luma and the flattened blocks) and 0.94-1.05x at quality 90, sigma
+    10; quality 90 removes most of sigma 5 (reads 0.37-0.47x: the noise is gone from the file,
+    not missed). In texture at sigma 2 it reads about 2x.
     """
     s = luma_noise_sigma(image, mask)
     return s / LUMA_NOISE_GAIN if math.isfinite(s) else math.nan

@@ -182,6 +182,7 @@ def _degraded(im: np.ndarray) -> dict[str, np.ndarray]:
             "up2": _down_up(im, 2), "up3": _down_up(im, 3), "up4": _down_up(im, 4)}
 
 
+@pytest.mark.slow
 def test_sharpness_and_resolution_are_robust_to_white_noise_on_the_scenes():
     """Sigma 0, 5 and 10 added to each shared scene blurred (box 20, 40, 60) or downscaled and
     upscaled (2x, 3x, 4x). At every sigma both measures fall with the scale factor and
@@ -232,6 +233,7 @@ def test_sharpness_of_a_blurred_noisy_jpeg_stays_positive_and_ordered():
         assert v[0] > v[1] > v[2] > 0, (name, v)
 
 
+@pytest.mark.slow
 def test_sharpness_and_resolution_are_robust_to_white_noise_on_the_photos():
     """The same degradations of the alphamatting photos' backgrounds (the foreground untouched).
     Their backdrops are already defocused: resolution reads 0.13-0.21 before any change, near
