@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .layout import LayoutError, MATTE_DIRS, PHOTO_DIRS, find_foregrounds
 from .manifest import Manifest
 from .measures import ERODE_PX, GAPS, MEASURES, MIN_REGION_PX, measure_image
 
-MEASURES_VERSION = 1  # bump when a measure's definition changes: cached rows are then measured again
+MEASURES_VERSION = 3  # bump when a measure's definition changes: cached rows are then measured again
 SEM_COLUMNS = ("sem_bg",)
 
 
@@ -175,6 +176,54 @@ def fingerprint(item: AuditItem, erode: int) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+# The IJG / JPEG Annex K luminance quantisation table (libjpeg, OpenCV and Pillow scale it by quality).
+_IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                      14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+                      92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+_FORMATS = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"BM", "bmp"))
+
+
+def _ijg_table(quality: int) -> np.ndarray:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """The IJG quality (1-100) whose luminance table is nearest the file's first quantisation
+    table (exact for files libjpeg, OpenCV or Pillow wrote with a quality setting); None when
+    ``data`` holds no DQT segment. Tables are compared sorted, so their order does not matter."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDB and i + 4 + 65 <= len(data):
+            precision = data[i + 4] >> 4
+            raw = data[i + 5:i + 5 + 64 * (1 + precision)]
+            table = np.frombuffer(raw, ">u2" if precision else np.uint8).astype(np.int64)
+            table = np.sort(table)
+            errors = [int(np.abs(np.sort(_ijg_table(q)) - table).sum()) for q in range(1, 101)]
+            return int(np.argmin(errors)) + 1
+        if marker == 0xDA:           # start of scan: no table came first
+            return None
+        i += 2 + length
+    return None
+
+
+def image_format(path: str) -> tuple[str, int | None]:
+    """(format, JPEG quality or None) of an image file from its first bytes: png, jpeg, webp,
+    tiff, bmp or other."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return "unreadable", None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp", None
+    for magic, name in _FORMATS:
+        if head.startswith(magic):
+            return name, (jpeg_quality(head) if name == "jpeg" else None)
+    return "other", None
+
+
 def read_pair(item: AuditItem) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8, alpha float32 in [0, 1]) of one item; ImageReadError names the bad file."""
     if item.matte is None:
@@ -196,6 +245,7 @@ def measure_item(item: AuditItem, erode: int) -> dict[str, Any]:
     except ImageReadError as exc:
         return {**row, "status": "failed", "reason": f"{exc.path}: {exc.reason}"}
     values = measure_image(image, alpha, erode)
+    row["format"], row["jpeg_quality"] = image_format(item.image)
     row.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
     row["pixels"] = int(image.shape[0] * image.shape[1])
     missing = sorted({k.rsplit("_", 1)[0] for k in MEASURES if row.get(k) is None})
@@ -241,10 +291,41 @@ def _finite(rows: list[dict], column: str) -> np.ndarray:
     return np.array([x for x in v if x is not None and math.isfinite(x)], dtype=np.float64)
 
 
-def summarise(rows: list[dict], set_names: list[str], reference: str, columns: tuple[str, ...]) -> dict[str, Any]:
-    """Per measure and set: n, median, q1, q3, and Wasserstein-1 distance to the reference set."""
-    from scipy.stats import wasserstein_distance
+BOOTSTRAP = 1000       # resamples for each W1's confidence interval
+CI_PERCENT = 95
+MIN_IMAGES = 50        # fewer images in a set or the reference: the table warns
+BOOTSTRAP_SEED = 20240531
 
+
+def w1_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Wasserstein-1 distance between the empirical distributions of the rows of ``a`` (B x n)
+    and ``b`` (B x m), each row sorted ascending: the integral over p of |Qa(p) - Qb(p)|, exact on
+    the union of the two quantile functions' steps (one pass, no loop over B)."""
+    n, m = a.shape[-1], b.shape[-1]
+    p = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
+    dp = np.diff(np.concatenate([[0.0], p]))
+    mid = p - dp / 2
+    ia = np.minimum((mid * n).astype(int), n - 1)
+    ib = np.minimum((mid * m).astype(int), m - 1)
+    return np.abs(a[..., ia] - b[..., ib]) @ dp
+
+
+def bootstrap_w1(v: np.ndarray, ref: np.ndarray, key: str, n_boot: int = BOOTSTRAP) -> tuple[float, float]:
+    """The percentile bootstrap interval (`CI_PERCENT` %) of W1(v, ref): both samples redrawn
+    with replacement ``n_boot`` times from a generator seeded by ``key`` (set and column), so
+    the same audit gives the same bytes."""
+    rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(key.encode())])
+    a = np.sort(v[rng.integers(0, len(v), (n_boot, len(v)))], axis=1)
+    b = np.sort(ref[rng.integers(0, len(ref), (n_boot, len(ref)))], axis=1)
+    lo, hi = np.percentile(w1_sorted(a, b), [(100 - CI_PERCENT) / 2, 100 - (100 - CI_PERCENT) / 2])
+    return float(lo), float(hi)
+
+
+def summarise(rows: list[dict], set_names: list[str], reference: str, columns: tuple[str, ...]) -> dict[str, Any]:
+    """Per measure and set: n (the images with a finite value in this column: columns can cover
+    different images), median, q1, q3, the Wasserstein-1 distance to the reference set and its
+    bootstrap interval w1_lo..w1_hi, and ``few`` when the set or the reference has fewer than
+    `MIN_IMAGES` values."""
     by_set = {s: [r for r in rows if r["set"] == s] for s in set_names}
     out: dict[str, Any] = {}
     for col in columns:
@@ -253,14 +334,35 @@ def summarise(rows: list[dict], set_names: list[str], reference: str, columns: t
         for s in set_names:
             v = _finite(by_set[s], col)
             if len(v) == 0:
-                per[s] = {"n": 0, "median": None, "q1": None, "q3": None, "w1": None}
+                per[s] = {"n": 0, "median": None, "q1": None, "q3": None, "w1": None, "w1_lo": None, "w1_hi": None,
+                          "few": True}
                 continue
             q1, med, q3 = np.percentile(v, [25, 50, 75])
-            w1 = None if len(ref) == 0 else (0.0 if s == reference else float(wasserstein_distance(v, ref)))
+            w1 = lo = hi = None
+            if len(ref) and s != reference:
+                w1 = float(w1_sorted(np.sort(v)[None], np.sort(ref)[None])[0])
+                lo, hi = bootstrap_w1(v, ref, f"{col}/{s}")
+            elif len(ref):
+                w1 = 0.0
             per[s] = {"n": int(len(v)), "median": round(float(med), 6), "q1": round(float(q1), 6),
-                      "q3": round(float(q3), 6), "w1": None if w1 is None else round(w1, 6)}
+                      "q3": round(float(q3), 6), "w1": None if w1 is None else round(w1, 6),
+                      "w1_lo": None if lo is None else round(lo, 6), "w1_hi": None if hi is None else round(hi, 6),
+                      "few": bool(len(v) < MIN_IMAGES or len(ref) < MIN_IMAGES)}
         out[col] = per
     return out
+
+
+def clearly_closest(per: dict[str, Any], reference: str) -> str | None:
+    """The set whose W1 interval lies wholly below every other set's (None when the intervals
+    overlap, or fewer than two sets are compared): the only one the report marks as closest."""
+    cand = [(m["w1_lo"], m["w1_hi"], s) for s, m in per.items()
+            if s != reference and m.get("w1_lo") is not None and m.get("w1_hi") is not None]
+    if len(cand) < 2:
+        return None
+    best = min(cand, key=lambda c: (per[c[2]]["w1"], c[2]))
+    if all(best[1] < lo for lo, _, s in cand if s != best[2]):
+        return best[2]
+    return None
 
 
 def farthest(rows: list[dict], measures: dict[str, Any], reference: str, columns: tuple[str, ...],

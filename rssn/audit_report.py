@@ -12,6 +12,7 @@ import io
 import json
 import math
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 from .imageio import atomic_write_bytes, atomic_write_json, encode_image
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from .audit import AuditConfig, AuditItem, AuditResult
 
 THUMB_WIDTH = 220
-EXTRA_COLUMNS = ("fg_px", "bg_px", "pixels")
+EXTRA_COLUMNS = ("fg_px", "bg_px", "pixels", "format", "jpeg_quality", "res_tile")
 
 MEANING = {
     "noise_fg": "noise std of the foreground, 0-255", "noise_bg": "noise std of the background, 0-255",
@@ -64,7 +65,7 @@ def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "
     sets_doc = {}
     for s in result.sets:
         mine = [r for r in rows if r["set"] == s.name]
-        sets_doc[s.name] = {"root": s.root, "kind": s.kind, "images": len(s.items),
+        sets_doc[s.name] = {"root": s.root, "kind": s.kind, "images": len(s.items), "formats": formats(mine),
                             "ok": sum(r.get("status") == "ok" for r in mine),
                             "too_small": sum(r.get("status") == "too_small" for r in mine),
                             "failed": sum(r.get("status") == "failed" for r in mine), "input_failures": len(s.failures)}
@@ -82,6 +83,33 @@ def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "
     hists = write_histograms(out / "hist", rows, [s.name for s in result.sets], result.reference, result.columns)
     thumbs = write_thumbnails(out / "thumbs", far, by_key)
     write_html(out / "report.html", result, far, hists, thumbs, by_key, sets_doc)
+
+
+def formats(rows: list[dict]) -> dict[str, int]:
+    """How many measured images of each file format ("jpeg q95", "png", ...)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        if r.get("status") != "ok" or not r.get("format"):
+            continue
+        key = r["format"] + (f" q{r['jpeg_quality']}" if r.get("jpeg_quality") is not None else "")
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _formats_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "–"
+
+
+def hist_range(values: "np.ndarray") -> tuple[float, float]:
+    """The histogram's range: the 1st to 99th percentile of all sets' values together, so one
+    far image (a JPEG-flattened background) does not squeeze every other into a few bins; values
+    outside are drawn in the edge bins."""
+    import numpy as np
+
+    lo, hi = (float(x) for x in np.percentile(values, [1, 99]))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
 
 
 def write_histograms(folder: Path, rows: list[dict], set_names: list[str], reference: str,
@@ -102,17 +130,17 @@ def write_histograms(folder: Path, rows: list[dict], set_names: list[str], refer
         allv = np.concatenate([v for v in data.values() if len(v)] or [np.zeros(0)])
         if len(allv) == 0:
             continue
-        lo, hi = float(allv.min()), float(allv.max())
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
+        lo, hi = hist_range(allv)
         bins = np.linspace(lo, hi, 25)
+        outside = int(np.sum((allv < lo) | (allv > hi)))
         fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=100)
         for s in set_names:
             if len(data[s]):
-                ax.hist(data[s], bins=bins, density=True, histtype="step", linewidth=2.2 if s == reference else 1.4,
-                        label=f"{s} (reference)" if s == reference else s)
+                ax.hist(np.clip(data[s], lo, hi), bins=bins, density=True, histtype="step",
+                        linewidth=2.2 if s == reference else 1.4, label=f"{s} (reference)" if s == reference else s)
         ax.set_title(col, fontsize=10)
-        ax.set_xlabel(MEANING[col], fontsize=8)
+        note = f"; {outside} outside the 1st-99th percentiles, in the edge bins" if outside else ""
+        ax.set_xlabel(MEANING[col] + note, fontsize=7 if note else 8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False)
         fig.tight_layout()
@@ -167,30 +195,48 @@ def describe_ops(ops: tuple) -> str:
 def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hists: dict[str, str],
                thumbs: dict[str, str], by_key: dict[str, "AuditItem"], sets_doc: dict[str, dict]) -> None:
     e = html.escape
-    from .audit import gap_columns
+    from .audit import BOOTSTRAP, CI_PERCENT, gap_columns
 
     gaps = gap_columns(result.columns)
     names = [s.name for s in result.sets]
+    rows_by_key = {f"{r['set']}/{r['name']}": r for r in result.rows}
     ref = result.reference
+
+    from .audit import MIN_IMAGES, clearly_closest
+    from .measures import res_lower_limit
+
+    closest = {c: clearly_closest(result.measures[c], ref) for c in gaps}
 
     def cell(col: str, s: str) -> str:
         m = result.measures[col][s]
+        warn = (f' <span class="few" title="fewer than {MIN_IMAGES} images in this set or the reference: the '
+                f'distance is mostly sampling noise">&#9888;</span>') if m.get("few") else ""
+        count = f'<br><small class="n">n={m["n"]}</small>'
         if s == ref:
-            return '<td class="ref">reference</td>'
+            return f'<td class="ref">reference{count}{warn}</td>'
         if m["w1"] is None:
-            return "<td>–</td>"
-        others = [result.measures[col][t]["w1"] for t in names if t != ref and result.measures[col][t]["w1"] is not None]
-        best = ' class="best"' if len(others) > 1 and m["w1"] == min(others) else ""
-        return f"<td{best}>{m['w1']:.3g}</td>"
+            return f"<td>–{count}</td>"
+        best = ' class="best"' if closest[col] == s else ""
+        ci = (f' <small class="ci">[{m["w1_lo"]:.3g}, {m["w1_hi"]:.3g}]</small>' if m.get("w1_lo") is not None
+              else "")
+        return f"<td{best}>{m['w1']:.3g}{ci}{count}{warn}</td>"
 
-    dist = "".join(f"<tr><th>{e(s)}</th><td>{sets_doc[s]['ok']}</td>" + "".join(cell(c, s) for c in gaps) + "</tr>"
+    few = any(result.measures[c][s].get("few") for c in gaps for s in names)
+    few_note = (f'<p class="warning">&#9888; A set or the reference has fewer than {MIN_IMAGES} images in a '
+                f'column: two samples this small of one distribution already differ by a W1 of about a third of '
+                f'its standard deviation, so read those distances through their intervals.</p>' if few else "")
+    tiles = sorted({int(r["res_tile"]) for r in result.rows if r.get("status") == "ok" and r.get("res_tile")})
+    limits = ", ".join(f"{res_lower_limit(t):.3f} with {t} px tiles" for t in tiles) or "–"
+
+    dist = "".join(f"<tr><th>{e(s)}</th><td>{sets_doc[s]['ok']}</td><td class=\"fmt\">"
+                   f"{e(_formats_text(sets_doc[s]['formats']))}</td>" + "".join(cell(c, s) for c in gaps) + "</tr>"
                    for s in names)
     medians = "".join(
         f"<tr><th>{e(s)}</th>" + "".join(
             (f"<td>{result.measures[c][s]['median']:.3g} <small>[{result.measures[c][s]['q1']:.3g}, "
              f"{result.measures[c][s]['q3']:.3g}]</small></td>") if result.measures[c][s]["median"] is not None
             else "<td>–</td>" for c in result.columns) + "</tr>" for s in names)
-    figs = "".join(f'<figure class="hist"><img src="{e(p)}" alt="histogram of {e(c)}"><figcaption>{e(c)}: '
+    figs = "".join(f'<figure class="hist"><img src="{e(quote(p))}" alt="histogram of {e(c)}"><figcaption>{e(c)}: '
                    f'{e(MEANING[c])}</figcaption></figure>' for c, p in hists.items())
     far_html = []
     for col in gaps:
@@ -199,10 +245,13 @@ def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hi
         for f in far.get(col, []):
             key = f"{f['set']}/{f['name']}"
             item = by_key[key]
-            img = f'<img src="{e(thumbs[key])}" alt="{e(key)}">' if key in thumbs else ""
+            img = f'<img src="{e(quote(thumbs[key]))}" alt="{e(key)}">' if key in thumbs else ""
             ops = describe_ops(item.ops) if item.ops else "a photo (no operations)"
+            row = rows_by_key.get(key, {})
+            fmt = (row.get("format") or "") + (f" q{row['jpeg_quality']}" if row.get("jpeg_quality") is not None else "")
             cards.append(f'<figure class="card">{img}<figcaption><b>{e(key)}</b><br>{e(col)} = {f["value"]:.3g} '
                          f'(reference median {ref_med:.3g})<br><span class="ops">{e(ops)}</span><br>'
+                         f'<span class="fmt">{e(fmt)}</span><br>'
                          f'<small>{e(item.source)}</small></figcaption></figure>')
         if cards:
             far_html.append(f'<h3>{e(col)}</h3><div class="grid">{"".join(cards)}</div>')
@@ -217,7 +266,7 @@ def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hi
 body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; font-size: 13px; text-align: right; }}
-th {{ background: #eee; }} td.ref {{ color: #777; font-style: italic; }} td.best {{ font-weight: bold; background: #dfd; }}
+th {{ background: #eee; }} .warning {{ color: #a40; }} .few {{ color: #a40; }} td.ref {{ color: #777; font-style: italic; }} td.best {{ font-weight: bold; background: #dfd; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
 .card {{ width: {THUMB_WIDTH}px; margin: 0; background: #fff; border: 1px solid #ccc; }}
 .card img {{ width: 100%; display: block; }} figcaption {{ padding: 4px; font-size: 12px; word-break: break-word; }}
@@ -229,9 +278,16 @@ th {{ background: #eee; }} td.ref {{ color: #777; font-style: italic; }} td.best
 away from the boundary, are measured; a <i>gap</i> compares the background with the foreground. A set whose gaps are
 distributed like the reference's is closer to real photos.</p>
 <h2 id="distance">Distance to the reference</h2>
-<p>Wasserstein-1 distance between the set's per-image gaps and the reference's (lower is closer to real; the
-closest set per measure in bold).</p>
-<table id="distance-table"><tr><th>set</th><th>images</th>{head}</tr>{dist}</table>
+<p>Wasserstein-1 distance between the set's per-image gaps and the reference's (lower is closer to real), with
+its {CI_PERCENT} % bootstrap interval ({BOOTSTRAP} resamples of both sets, seeded; a percentile interval of a
+distance leans upwards with few images, where the distance itself can sit at its lower end) and <i>n</i>, the
+images with
+a value in that column (an image can lack one measure, e.g. a resolution where no tile fits, so columns can cover
+different images). A set is in bold only where its interval lies wholly below every other set's.
+Resolution is measured with one tile size per image for both regions (res_tile in audit.csv) and cannot read
+below {e(limits)}.</p>
+{few_note}
+<table id="distance-table"><tr><th>set</th><th>images</th><th>formats</th>{head}</tr>{dist}</table>
 <h2 id="medians">Medians [quartiles]</h2>
 <table id="median-table"><tr><th>set</th>{mhead}</tr>{medians}</table>
 <h2 id="histograms">Histograms</h2>

@@ -13,6 +13,7 @@ photo both come from one camera and one exposure, in a composite they do not.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -28,7 +29,7 @@ MIN_REGION_PX = 1024  # a region with fewer pixels is "too small to measure"
 _NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 CONTRAST_WINDOW = 63      # px, the local-contrast window of `sharpness`
 COLOUR_CONTRAST_WINDOW = 15  # px, the local-contrast window of Xue et al.'s statistic
-RES_TILE = 64             # px, the tile of the spectrum in `effective_resolution`
+RES_TILE = 64             # px, the default tile of the spectrum in `effective_resolution`
 RES_MAX_TILES = 64
 RES_DROP = 0.1            # the whitened spectrum's drop that marks the resolution limit
 
@@ -84,13 +85,10 @@ class ImageMaps:
         return self._get("grey", lambda: grey(self.image))
 
     @property
-    def noise_response(self) -> list[np.ndarray]:
-        """|image * Immerkaer mask| per colour channel."""
-        def make():
-            im = self.image.astype(np.float32, copy=False)
-            return [np.abs(cv2.filter2D(np.ascontiguousarray(im[..., c]), cv2.CV_32F, _NOISE_MASK,
-                                        borderType=cv2.BORDER_REFLECT)) for c in range(3)]
-        return self._get("noise", make)
+    def noise_response(self) -> np.ndarray:
+        """|luma * Immerkaer mask|."""
+        return self._get("noise", lambda: np.abs(cv2.filter2D(self.grey, cv2.CV_32F, _NOISE_MASK,
+                                                              borderType=cv2.BORDER_REFLECT)))
 
     @property
     def gradient_energy(self) -> np.ndarray:
@@ -118,15 +116,17 @@ class ImageMaps:
 # ------------------------------------------------------------------ tiles
 
 
-def _tiles(mask: np.ndarray, size: int, limit: int | None = None) -> np.ndarray:
-    """Top-left corners (N x 2: y, x) of the non-overlapping size x size tiles of a grid that lie
-    wholly inside ``mask``; at most ``limit``, spread evenly in raster order (deterministic)."""
+def _tiles(mask: np.ndarray, size: int, limit: int | None = None, step: int | None = None) -> np.ndarray:
+    """Top-left corners (N x 2: y, x) of the size x size tiles on a grid of pitch ``step``
+    (default ``size``: non-overlapping) that lie wholly inside ``mask``; at most ``limit``,
+    spread evenly in raster order (deterministic)."""
     h, w = mask.shape
+    step = step or size
     if h < size or w < size:
         return np.zeros((0, 2), int)
     ii = cv2.integral(mask.astype(np.uint8))
-    ys = np.arange(0, h - size + 1, size)
-    xs = np.arange(0, w - size + 1, size)
+    ys = np.arange(0, h - size + 1, step)
+    xs = np.arange(0, w - size + 1, step)
     Y, X = np.meshgrid(ys, xs, indexing="ij")
     inside = (ii[Y + size, X + size] - ii[Y, X + size] - ii[Y + size, X] + ii[Y, X]) == size * size
     corners = np.stack([Y[inside], X[inside]], axis=1)
@@ -150,6 +150,28 @@ NOISE_QUANTILE = 10    # percent: the quietest blocks hold the least image struc
 # its sigma (measured on 1080 x 1620 x 3 noise images; the spread of a block's estimate).
 NOISE_QUANTILE_BIAS = 0.892
 MIN_NOISE_BLOCKS = 8
+# Independent noise of std s in each of R, G, B gives std LUMA_NOISE_GAIN * s in Rec. 601 luma.
+LUMA_NOISE_GAIN = math.sqrt(0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)   # 0.6686
+# A block whose luma estimate is below this (0-255 scale) is quieter than the rounding of R, G, B
+# to 8 bits alone leaves in luma (0.19): an encoder flattened it (JPEG's zeroed coefficients).
+FLAT_BLOCK_SIGMA = 0.1
+CLIP_SIGMAS = 2.0      # blocks whose mean in any channel lies this many sigma from 0 or 255 clip
+
+
+def luma_noise_sigma(image: np.ndarray | ImageMaps, mask: np.ndarray, min_blocks: int = MIN_NOISE_BLOCKS) -> float:
+    """The standard deviation of white noise in the region's Rec. 601 luma, 0-255 scale (what
+    `sharpness` and `effective_resolution` subtract); `noise_sigma` explains the estimator."""
+    maps = _maps(image)
+    corners = _tiles(_inner(mask, 1), NOISE_BLOCK)
+    if len(corners) < max(1, min_blocks):
+        return math.nan
+    blocks = _tile_means(maps.noise_response, corners, NOISE_BLOCK) * (math.sqrt(math.pi / 2) / 6.0)
+    first = float(np.percentile(blocks, NOISE_QUANTILE)) / NOISE_QUANTILE_BIAS
+    margin = CLIP_SIGMAS * first / LUMA_NOISE_GAIN    # in each channel's units
+    means = np.stack([_tile_means(maps.image[..., c], corners, NOISE_BLOCK) for c in range(3)], axis=1)
+    keep = (blocks >= FLAT_BLOCK_SIGMA) & np.all((means > margin) & (means < 255 - margin), axis=1)
+    use = blocks[keep] if keep.sum() >= MIN_NOISE_BLOCKS else blocks
+    return float(np.percentile(use, NOISE_QUANTILE)) / NOISE_QUANTILE_BIAS
 
 
 def noise_blocks(mask: np.ndarray) -> int:
@@ -158,26 +180,29 @@ def noise_blocks(mask: np.ndarray) -> int:
 
 
 def noise_sigma(image: np.ndarray | ImageMaps, mask: np.ndarray, min_blocks: int = MIN_NOISE_BLOCKS) -> float:
-    """The standard deviation of additive Gaussian noise, 0-255 scale, in the region.
+    """The standard deviation of additive Gaussian noise, 0-255 scale, in the region: the
+    per-channel sigma of independent R, G, B noise that gives the noise measured in luma.
 
-    Immerkaer 1996 ("Fast noise variance estimation", CVIU 64(2)): the image is filtered with
+    Immerkaer 1996 ("Fast noise variance estimation", CVIU 64(2)): the luma is filtered with
     the mask [[1,-2,1],[-2,4,-2],[1,-2,1]], which cancels smooth image structure and keeps 6x
     the noise's std; sigma = sqrt(pi/2) mean|response| / 6. Edges and texture survive the mask
     and inflate that mean, so, as in block-based estimators (Shin et al. 2005; Tai & Yang 2008
     exclude edge pixels for the same reason), we estimate sigma in each 16 x 16 block and take
     the 10th percentile over the blocks, divided by that percentile's known bias for pure noise.
-    Measured per colour channel (composites get independent noise per channel) and averaged.
-    Recovers noise added to clean photos within ~13 % for sigma 5-20 (tests/test_audit.py).
-    NaN when the region holds fewer than ``min_blocks`` blocks.
+    Two kinds of block are left out: blocks JPEG flattened (estimate below 0.1, less than 8-bit
+    rounding leaves) and blocks whose mean in a channel lies within 2 sigma of 0 or 255 (the
+    noise clips there). Luma, not each channel, because JPEG keeps luma at full resolution but
+    subsamples and smooths chroma, which erases most of the chroma noise; luma is divided by
+    0.669, its gain for independent channel noise (RSSN's), so sigma 10 reads 10. Noise
+    correlated across channels (a camera's, after demosaicking) reads up to 1.5x its
+    per-channel std. Accuracy (tests/test_audit.py): flat content within 3 %; noise added to
+    clean photos within 20 % for sigma 5-20 as PNG; as JPEG 1.03-1.16x at quality 95 (sigma 5,
+    10; 0.63-0.77x before luma and the flattened blocks) and 0.94-1.05x at quality 90, sigma
+    10; quality 90 removes most of sigma 5 (reads 0.37-0.47x: the noise is gone from the file,
+    not missed). In texture at sigma 2 it reads about 2x.
     """
-    corners = _tiles(_inner(mask, 1), NOISE_BLOCK)
-    if len(corners) < max(1, min_blocks):
-        return math.nan
-    sig = []
-    for r in _maps(image).noise_response:
-        blocks = _tile_means(r, corners, NOISE_BLOCK) * math.sqrt(math.pi / 2) / 6.0
-        sig.append(float(np.percentile(blocks, NOISE_QUANTILE)) / NOISE_QUANTILE_BIAS)
-    return float(np.mean(sig))
+    s = luma_noise_sigma(image, mask)
+    return s / LUMA_NOISE_GAIN if math.isfinite(s) else math.nan
 
 
 # ------------------------------------------------------------------ sharpness
@@ -185,95 +210,194 @@ def noise_sigma(image: np.ndarray | ImageMaps, mask: np.ndarray, min_blocks: int
 SHARP_SCALE = 1.0   # px, the Gaussian scale of the gradient
 
 
-def masked_local_std(g: np.ndarray, mask: np.ndarray, window: int) -> np.ndarray:
+def _gradient_noise_gain() -> float:
+    """E[gradient energy] / sigma^2 for white noise of std sigma in luma, from the filters'
+    own impulse response (0.0503 for a 1 px Gaussian)."""
+    d = np.zeros((41, 41), np.float32)
+    d[20, 20] = 1
+    gs = cv2.GaussianBlur(d, (0, 0), SHARP_SCALE, borderType=cv2.BORDER_REFLECT)
+    gx = cv2.Sobel(gs, cv2.CV_32F, 1, 0, ksize=1).astype(np.float64)
+    gy = cv2.Sobel(gs, cv2.CV_32F, 0, 1, ksize=1).astype(np.float64)
+    return float((gx * gx).sum() + (gy * gy).sum()) * 0.25
+
+
+GRADIENT_NOISE_GAIN = _gradient_noise_gain()
+# At least this share of the gradient energy is kept as detail: after JPEG the noise estimate can
+# exceed the noise left in the gradient (the encoder removed some, 1.03-1.16x at quality 95), and a
+# blurred noisy background would otherwise read 0 and leave its gap undefined.
+SHARP_MIN_SHARE = 0.01
+
+
+def masked_local_std(g: np.ndarray, mask: np.ndarray, window: int, noise_var: float = 0.0) -> np.ndarray:
     """The standard deviation of ``g`` over the region's pixels in a window x window window
-    around each pixel (normalised convolution: pixels outside the region do not count)."""
+    around each pixel (normalised convolution: pixels outside the region do not count), less
+    ``noise_var`` of white noise (variances subtract; never below 0)."""
     m = mask.astype(np.float32)
     w = cv2.blur(m, (window, window), borderType=cv2.BORDER_CONSTANT)
     w = np.maximum(w, 1e-6)
     gm = g * m
     mean = cv2.blur(gm, (window, window), borderType=cv2.BORDER_CONSTANT) / w
     mean2 = cv2.blur(gm * g, (window, window), borderType=cv2.BORDER_CONSTANT) / w
-    return np.sqrt(np.maximum(mean2 - mean * mean, 0))
+    return np.sqrt(np.maximum(mean2 - mean * mean - np.float32(noise_var), 0))
 
 
-def sharpness(image: np.ndarray | ImageMaps, mask: np.ndarray, window: int = CONTRAST_WINDOW) -> float:
-    """Fine-scale gradient energy normalised by coarse-scale local contrast, in the region.
+def sharpness(image: np.ndarray | ImageMaps, mask: np.ndarray, window: int = CONTRAST_WINDOW,
+              noise: float | None = None) -> float:
+    """Fine-scale gradient energy normalised by coarse-scale local contrast, in the region,
+    with the region's white noise taken out of both.
 
     The RMS gradient of the luma smoothed by a Gaussian of 1 px (the energy at fine scales, as
     in gradient-energy focus measures, Pertuz et al. 2013 "Analysis of focus measure operators";
     the smoothing keeps 8-bit rounding from posing as detail) over the mean local standard
     deviation of the luma in a ``window`` = 63 px window of region pixels (the contrast at
-    scales larger than the blurs the paper uses), plus 1 so flat regions stay finite. A box
-    blur of kernel k attenuates the fine scales more than the coarse ones, so the value falls
-    monotonically with k (tested for k = 1..60 on real photos).
+    scales larger than the blurs the paper uses), plus 1 so flat regions stay finite. White
+    noise of std s in luma adds 0.0503 s^2 to the mean gradient energy and s^2 to each local
+    variance; both are subtracted, with s = `luma_noise_sigma` of the region (``noise``, when
+    the caller has it), so noise added to a blurred background does not make it look sharp
+    (at least 1 % of the energy is kept, so an overestimated noise cannot give 0).
+    A box blur of kernel k attenuates the fine scales more than the coarse ones, so the value
+    falls monotonically with k (tested for k = 1..60 on real photos, and for 20, 40, 60 with
+    noise sigma 5 and 10 added).
     """
     inner = _inner(mask, 3)
     if inner.sum() < MIN_REGION_PX:
         return math.nan
     maps = _maps(image)
-    energy = float(np.mean(maps.gradient_energy[inner], dtype=np.float64))
-    contrast = float(masked_local_std(maps.grey, mask, window)[inner].mean(dtype=np.float64))
-    return math.sqrt(energy) / (contrast + 1.0)
+    s = luma_noise_sigma(maps, mask) if noise is None else noise
+    s2 = s * s if math.isfinite(s) else 0.0
+    total = float(np.mean(maps.gradient_energy[inner], dtype=np.float64))
+    energy = total - GRADIENT_NOISE_GAIN * s2
+    contrast = float(masked_local_std(maps.grey, mask, window, s2)[inner].mean(dtype=np.float64))
+    return math.sqrt(max(energy, SHARP_MIN_SHARE * total)) / (contrast + 1.0)
 
 
 # ------------------------------------------------------------------ resolution
 
+RES_TILE_SIZES = (64, 32)   # px: the largest that fits both regions of an image is used for both
+RES_MIN_TILES = 2
+# a ring whose power, noise subtracted, is below this fraction of the noise's is within the noise
+# estimate's error (its 10th percentile varies by ~3 %, its variance ~6 %) and counts as no detail
+RES_NOISE_MARGIN = 0.15
+RES_LEVELS = 3              # full size, then 1/2 and 1/4 where the region holds detail only below half Nyquist
+
+
+def res_tile_size(*masks: np.ndarray) -> int | None:
+    """The largest of `RES_TILE_SIZES` at which every mask holds at least two tiles (placed on a
+    quarter-tile pitch); None when even the smallest does not fit."""
+    for size in RES_TILE_SIZES:
+        if all(len(_tiles(m, size, RES_MIN_TILES, size // 4)) >= RES_MIN_TILES for m in masks):
+            return size
+    return None
+
+
+def res_lower_limit(size: int) -> float:
+    """The lowest value `effective_resolution` can give with ``size`` px tiles: the first ring
+    above the reference band, at the coarsest level."""
+    half = size // 2
+    return (max(2, half // 8) + 1) / half / 2 ** (RES_LEVELS - 1)
+
+
+def _hann_power(size: int) -> float:
+    """The power white noise of unit variance has at each frequency of a Hann-windowed tile."""
+    return float(np.sum(np.outer(np.hanning(size), np.hanning(size)) ** 2))
+
 
 def radial_spectrum(image: np.ndarray | ImageMaps, mask: np.ndarray, size: int = RES_TILE,
-                    limit: int = RES_MAX_TILES) -> np.ndarray | None:
-    """Mean power spectrum of Hann-windowed luma tiles inside the region, averaged over rings
-    of integer radius 0..size/2 (cycles per tile); None when fewer than two tiles fit."""
-    corners = _tiles(mask, size, limit)
-    if len(corners) < 2:
+                    limit: int = RES_MAX_TILES, noise: float = 0.0) -> np.ndarray | None:
+    """Mean power spectrum of Hann-windowed luma tiles inside the region (tiles on a quarter-tile
+    pitch, at most ``limit``), less the flat floor of white noise of std ``noise`` in luma,
+    averaged over rings of integer radius 0..size/2 (cycles per tile); None when fewer than two
+    tiles fit. ``image`` may be a 2-D luma array."""
+    out = _ring_spectrum(image, mask, size, limit, noise)
+    return None if out is None else out[0]
+
+
+def _ring_spectrum(image, mask, size, limit, noise) -> tuple[np.ndarray, int] | None:
+    corners = _tiles(mask, size, limit, max(1, size // 4))
+    if len(corners) < RES_MIN_TILES:
         return None
-    g = _maps(image).grey
+    g = image if isinstance(image, np.ndarray) and image.ndim == 2 else _maps(image).grey
     win = np.outer(np.hanning(size), np.hanning(size)).astype(np.float32)
     stack = np.stack([g[y:y + size, x:x + size] for y, x in corners])
     stack = (stack - stack.mean(axis=(1, 2), keepdims=True)) * win
     power = (np.abs(np.fft.fft2(stack)) ** 2).mean(axis=0)
+    power = np.maximum(power - noise * noise * _hann_power(size), 0.0)
+    sums = np.bincount(_rings(size)[0], weights=power[_rings(size)[1]], minlength=size // 2 + 1)
+    return sums / np.maximum(_rings(size)[2], 1), len(corners)
+
+
+@functools.lru_cache(maxsize=8)
+def _rings(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ring of each kept frequency, the kept mask, frequencies per ring) of a size x size FFT."""
     f = np.fft.fftfreq(size) * size
     r = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij"))).astype(int)
     keep = r <= size // 2
-    sums = np.bincount(r[keep], weights=power[keep], minlength=size // 2 + 1)
-    counts = np.bincount(r[keep], minlength=size // 2 + 1)
-    return sums / np.maximum(counts, 1)
+    return r[keep], keep, np.bincount(r[keep], minlength=size // 2 + 1)
 
 
-def effective_resolution(image: np.ndarray | ImageMaps, mask: np.ndarray, size: int = RES_TILE) -> float:
-    """The highest spatial frequency the region really holds, as a fraction of Nyquist (1.0:
-    detail up to the pixel grid; 0.5: the region could be stored at half the size).
-
-    Natural images have power falling about as 1/f^2 (Field 1987; van der Schaaf & van Hateren
-    1996), so the ring-averaged spectrum times f^2 ("whitened") is roughly flat up to the
-    frequency where optics, resampling or compression cut it. We take its level over
-    1/16-1/8 of Nyquist as the reference and report the first frequency above that band where
-    it drops below 10 % of it (interpolated in log power between rings). An image upscaled by
-    a factor u has nothing above 1/u of Nyquist and scores near 1/u (measured on the shared
-    scenes, bilinear: 0.36-0.60 for u = 2, 0.22-0.33 for u = 4); noise fills the high
-    frequencies and raises the score, as it should (it is detail at the pixel level). Tiles
-    are 64 px (32 px where no two 64 px tiles fit in the region).
-    """
-    spec = radial_spectrum(image, mask, size)
-    if spec is None and size > RES_TILE // 2:  # a narrow region: half-size tiles, coarser steps
-        size = RES_TILE // 2
-        spec = radial_spectrum(image, mask, size)
-    if spec is None:
-        return math.nan
-    half = size // 2
+def _cutoff(spec: np.ndarray, floor: float = 0.0, tiles: int = 1) -> float | None:
+    """The whitened spectrum's first drop below `RES_DROP` of its reference band, as a fraction
+    of Nyquist; 1.0 when it never drops; None when the reference is 0. A ring whose power (noise
+    already subtracted) is within the noise estimate's error of 0 counts as dropped: below
+    `RES_NOISE_MARGIN` of the noise ``floor`` plus 3 standard errors of the ring's mean noise
+    power (each frequency's power of noise is exponential: std = mean; ``tiles`` tiles on a
+    quarter pitch count as tiles / 4 independent ones, half the frequencies are mirror images)."""
+    counts = _rings(2 * (len(spec) - 1))[2]
+    margin = floor * (RES_NOISE_MARGIN + 3.0 / np.sqrt(np.maximum(counts * max(tiles / 4, 1) / 2, 1)))
+    half = len(spec) - 1
     r = np.arange(half + 1, dtype=np.float64)
     white = spec * r * r
     lo, hi = max(1, half // 16), max(2, half // 8)
     ref = float(np.median(white[lo:hi + 1]))
     if ref <= 0:
-        return math.nan
-    level = white / ref
+        return None
+    level = np.where(spec < margin, 0.0, white / ref)
     for k in range(hi + 1, half + 1):
         if level[k] < RES_DROP:
             a, b = math.log(max(level[k - 1], 1e-12)), math.log(max(level[k], 1e-12))
             t = (a - math.log(RES_DROP)) / (a - b) if a != b else 1.0
             return float((k - 1 + min(max(t, 0.0), 1.0)) / half)
     return 1.0
+
+
+def effective_resolution(image: np.ndarray | ImageMaps, mask: np.ndarray, size: int = RES_TILE,
+                         noise: float | None = None) -> float:
+    """The highest spatial frequency the region really holds, as a fraction of Nyquist (1.0:
+    detail up to the pixel grid; 0.5: the region could be stored at half the size).
+
+    Natural images have power falling about as 1/f^2 (Field 1987; van der Schaaf & van Hateren
+    1996), so the ring-averaged spectrum times f^2 ("whitened") is roughly flat up to the
+    frequency where optics, resampling or compression cut it. The flat power of the region's
+    white noise (``noise``: its std in luma, by default `luma_noise_sigma`) is subtracted
+    before whitening, so noise does not pose as detail. We take the whitened level over
+    1/16-1/8 of Nyquist as the reference and report the first frequency above that band where
+    it drops below 10 % of it (interpolated in log power between rings). Where that is below
+    half Nyquist the region is measured again at half size (INTER_AREA, which also quarters
+    the noise's variance), twice at most, so blurs of 20-60 px are told apart; the lowest value
+    is `res_lower_limit` (0.039 with 64 px tiles). An image upscaled by a factor u has nothing
+    above 1/u of Nyquist and scores near 1/u. ``size``: the tile, the same for both regions of
+    an image (`res_tile_size`).
+    """
+    maps = _maps(image)
+    s = luma_noise_sigma(maps, mask) if noise is None else noise
+    s = s if math.isfinite(s) else 0.0
+    g, m = maps.grey, mask
+    best = math.nan
+    for level in range(RES_LEVELS):
+        got = _ring_spectrum(g, m, size, RES_MAX_TILES, s)
+        if got is None:
+            break
+        c = _cutoff(got[0], s * s * _hann_power(size), got[1])
+        if c is None:
+            break
+        best = c / 2 ** level
+        if c >= 0.5 or level == RES_LEVELS - 1:
+            break
+        h, w = g.shape
+        g = cv2.resize(g, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        m = cv2.resize(m.astype(np.float32), (w // 2, h // 2), interpolation=cv2.INTER_AREA) >= 1.0
+        s = s / 2.0
+    return best
 
 
 # ------------------------------------------------------------------ colour and light (Xue et al. 2012)
@@ -285,27 +409,62 @@ _SRGB_TO_LINEAR = np.where(_C <= 0.04045, _C / 12.92, ((_C + 0.055) / 1.055) ** 
 _RGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 
 
+def _planck_uv(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CIE 1960 (u, v) of a black body at ``t`` kelvin: Krystek's rational fit (1985, Color Res.
+    Appl. 10(1)), within 1e-4 of Planck's law and the 2-degree observer for 1000-15000 K and
+    within 0.004 as t goes to infinity (u, v -> 0.1817, 0.2604 against 0.1800, 0.2635)."""
+    u = (0.860117757 + 1.54118254e-4 * t + 1.28641212e-7 * t * t) / (1 + 8.42420235e-4 * t + 7.08145163e-7 * t * t)
+    v = (0.317398726 + 4.22806245e-5 * t + 4.20481691e-8 * t * t) / (1 - 2.89741816e-5 * t + 1.61456053e-7 * t * t)
+    return u, v
+
+
+_LOCUS_MIRED = np.arange(0.5, 1000.0001, 0.5)            # 2,000,000 K down to 1000 K
+_LOCUS_U, _LOCUS_V = _planck_uv(1e6 / _LOCUS_MIRED)
+MAX_DUV = 0.05   # farther from the locus than this, a colour has no meaningful colour temperature
+
+
+def planckian_mired(u: float, v: float) -> tuple[float, float]:
+    """(mired, Duv) of the point of the Planckian locus nearest CIE 1960 (u, v), as in Ohno's
+    (2014, LEUKOS 10(1)) search: the nearest of the tabulated points 0.5 mired apart, refined
+    by a parabola through it and its neighbours. Duv is the signed distance (positive above
+    the locus, towards green)."""
+    d2 = (_LOCUS_U - u) ** 2 + (_LOCUS_V - v) ** 2
+    i = int(np.argmin(d2))
+    m = float(_LOCUS_MIRED[i])
+    if 0 < i < len(d2) - 1:
+        a, b, c = d2[i - 1], d2[i], d2[i + 1]
+        den = a - 2 * b + c
+        if den > 0:
+            m += 0.5 * (a - c) / den * float(_LOCUS_MIRED[1] - _LOCUS_MIRED[0])
+    lu, lv = _planck_uv(np.array(1e6 / m))
+    duv = math.hypot(u - float(lu), v - float(lv))
+    return m, math.copysign(duv, v - float(lv))
+
+
 def colour_temperature_mired(image: np.ndarray | ImageMaps, mask: np.ndarray) -> float:
     """The correlated colour temperature of the region's mean colour, in mired (10^6 / K;
-    higher is warmer, and equal steps in mired are about equally visible).
+    higher is warmer, and equal steps in mired are about equally visible); NaN when the colour
+    lies farther than Duv 0.05 from the Planckian locus (a saturated backdrop has no colour
+    temperature) or beyond 1000 K.
 
-    Mean linear sRGB -> CIE XYZ (D65) -> chromaticity xy -> CCT by McCamy's cubic (McCamy
-    1992, Color Res. Appl. 17(2)), clamped to 1000-25000 K where the cubic holds. Xue et al.
-    2012 found colour temperature one of the statistics that most decide whether a composite
-    looks real.
+    Mean linear sRGB -> CIE XYZ (D65) -> CIE 1960 uv -> the nearest point of the Planckian
+    locus (`planckian_mired`), the CIE definition of CCT, which holds from 1000 K to infinite
+    temperature (0 mired); McCamy's cubic, used before, fits only near the locus between about
+    2000 and 12500 K and put deep blues at 1000 mired. Xue et al. 2012 found colour temperature
+    one of the statistics that most decide whether a composite looks real.
     """
     if mask.sum() < MIN_REGION_PX:
         return math.nan
     u8 = _maps(image).u8
     rgb = np.array([np.bincount(u8[..., c][mask], minlength=256) @ _SRGB_TO_LINEAR for c in range(3)]) / mask.sum()
     X, Y, Z = _RGB_TO_XYZ @ rgb
-    total = X + Y + Z
-    if total <= 1e-9:
+    den = X + 15 * Y + 3 * Z
+    if den <= 1e-9:
         return math.nan
-    x, y = X / total, Y / total
-    n = (x - 0.3320) / (0.1858 - y) if y != 0.1858 else 0.0
-    cct = 449.0 * n ** 3 + 3525.0 * n ** 2 + 6823.3 * n + 5520.33
-    return float(1e6 / min(max(cct, 1000.0), 25000.0))
+    mired, duv = planckian_mired(4 * X / den, 6 * Y / den)
+    if abs(duv) > MAX_DUV or mired >= float(_LOCUS_MIRED[-1]):
+        return math.nan
+    return float(mired)
 
 
 def colour_stats(image: np.ndarray | ImageMaps, mask: np.ndarray) -> dict[str, float]:
@@ -332,32 +491,40 @@ def _maps(image: np.ndarray | ImageMaps) -> ImageMaps:
 MEASURES = ("noise_fg", "noise_bg", "noise_gap", "sharp_fg", "sharp_bg", "sharp_gap", "res_fg", "res_bg", "res_gap",
             "lum_gap", "sat_gap", "temp_gap", "contrast_gap")
 GAPS = ("noise_gap", "sharp_gap", "res_gap", "lum_gap", "sat_gap", "temp_gap", "contrast_gap")
+# noise_gap is log2((bg + 0.5) / (fg + 0.5)): half a code value, above 8-bit rounding's own noise
+# (0.29), keeps a region that an encoder flattened to ~0 from giving a gap of -6 or less.
+NOISE_GAP_FLOOR = 0.5
 
 
-def _log2_ratio(b: float, f: float) -> float:
-    if not (b > 0 and f > 0):
+def _log2_ratio(b: float, f: float, floor: float = 0.0) -> float:
+    if not (b + floor > 0 and f + floor > 0):
         return math.nan
-    return math.log2(b / f)
+    return math.log2((b + floor) / (f + floor))
 
 
 def measure_image(image: np.ndarray, alpha: np.ndarray, erode: int = ERODE_PX) -> dict[str, float | int]:
     """Every measure of one image (RGB uint8) and its matte (float in [0, 1]).
 
     Region measures end in ``_fg`` / ``_bg``; ``*_gap`` compares the background with the
-    foreground: log2(bg / fg) for noise, sharpness, resolution and contrast (0: alike; +1: the
-    background has twice the value), bg - fg for lightness (L* units), saturation and colour
-    temperature (mired). Also ``fg_px`` and ``bg_px``, the eroded regions' sizes.
+    foreground: log2(bg / fg) for sharpness, resolution and contrast (0: alike; +1: the
+    background has twice the value), log2((bg + 0.5) / (fg + 0.5)) for noise, bg - fg for
+    lightness (L* units), saturation and colour temperature (mired). Also ``fg_px`` and
+    ``bg_px``, the eroded regions' sizes, and ``res_tile``, the tile both regions' resolution
+    was measured with (0: none fits).
     """
     if image.shape[:2] != alpha.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and matte {alpha.shape[:2]} differ in size")
     fg, bg = regions(alpha, erode)
     maps = ImageMaps(image)
+    tile = res_tile_size(fg, bg) or RES_TILE_SIZES[-1]
     out: dict[str, float | int] = {"fg_px": int(fg.sum()), "bg_px": int(bg.sum())}
     for name, m in (("fg", fg), ("bg", bg)):
-        out[f"noise_{name}"] = noise_sigma(maps, m)
-        out[f"sharp_{name}"] = sharpness(maps, m)
-        out[f"res_{name}"] = effective_resolution(maps, m)
-    out["noise_gap"] = _log2_ratio(out["noise_bg"], out["noise_fg"])
+        s = luma_noise_sigma(maps, m)
+        out[f"noise_{name}"] = s / LUMA_NOISE_GAIN if math.isfinite(s) else math.nan
+        out[f"sharp_{name}"] = sharpness(maps, m, noise=s)
+        out[f"res_{name}"] = effective_resolution(maps, m, tile, noise=s)
+    out["res_tile"] = tile if res_tile_size(fg, bg) else 0
+    out["noise_gap"] = _log2_ratio(out["noise_bg"], out["noise_fg"], NOISE_GAP_FLOOR)
     out["sharp_gap"] = _log2_ratio(out["sharp_bg"], out["sharp_fg"])
     out["res_gap"] = _log2_ratio(out["res_bg"], out["res_fg"])
     cf, cb = colour_stats(maps, fg), colour_stats(maps, bg)
