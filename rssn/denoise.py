@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .measures import noise_blocks, noise_sigma
+from .measures import channel_noise_sigma, noise_blocks
 
 # classic: BM3D for white Gaussian noise as published (Dabov et al. 2007), i.e. the bm3d
 # package's default profile in its conventional mode (no exact variances for correlated
@@ -78,7 +78,7 @@ def foreground_noise_sigma(source: np.ndarray, alpha: np.ndarray, override: floa
     smooth fill, which drags a whole-image estimate toward zero (issue #27). The first region
     with ``MIN_SIGMA_BLOCKS`` blocks is used: alpha >= 0.99 eroded 3 px (F is the source's own
     pixels there), then alpha > 0 (transparent objects). The estimator is
-    :func:`rssn.measures.noise_sigma` (Immerkaer's mask, quietest 10 % of 16 px blocks), which
+    :func:`rssn.measures.channel_noise_sigma` (Immerkaer's mask per channel, quietest 10 % of 16 px blocks), which
     fur and hair inflate far less than the median wavelet estimator; as it takes the quietest
     blocks, clipped patches (3 x 3 px at 0 or 255 in a channel: blown highlights, crushed
     shadows, which carry no noise) are left out. With no such region: the wavelet estimate of
@@ -103,7 +103,7 @@ def foreground_noise_sigma(source: np.ndarray, alpha: np.ndarray, override: floa
             region = region & unclipped
             n = noise_blocks(region)
             if n >= MIN_SIGMA_BLOCKS:
-                sigma = noise_sigma(src, region, MIN_SIGMA_BLOCKS)
+                sigma = channel_noise_sigma(src, region, MIN_SIGMA_BLOCKS)
                 return SigmaEstimate(round(max(MIN_SIGMA, sigma), 4), name, n)
     return SigmaEstimate(round(estimate_noise_sigma(source), 4), TOO_FEW)
 
