@@ -5,6 +5,12 @@ differ in at most one bit on at least one chunk (pigeonhole). So for every chunk
 hash, the candidates are the hashes whose chunk equals this one's or differs from it in one
 bit; they are found by binary search in the sorted chunk values, and only they are compared.
 That is about m * (w + 1) / 2^w * n^2 comparisons for chunks of w bits instead of n^2 / 2.
+
+`assign_groups` uses the same index for grouping without chains: images are taken in a
+priority order and each one is compared only with the groups' kept representatives (its own
+hash and the hash of its mirror image), so a run of near-equal images (plain skies, walls) can
+neither link distant images into one group nor make the pairs grow quadratically; buckets are
+capped so that a flood of equal chunks costs a bounded number of comparisons.
 """
 from __future__ import annotations
 
@@ -84,6 +90,57 @@ def duplicate_groups(hashes: np.ndarray, max_distance: int) -> np.ndarray:
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     return np.array([find(i) for i in range(n)])
+
+
+def _lookup_keys(h: int, n_chunks: int, max_distance: int) -> list[tuple[int, int]]:
+    """(chunk index, key) of every bucket that may hold a hash within ``max_distance`` of ``h``."""
+    out = []
+    for c, (shift, width) in enumerate(_chunks(64, n_chunks)):
+        key = (h >> shift) & ((1 << width) - 1)
+        out.append((c, key))
+        if max_distance > 0:
+            out.extend((c, key ^ (1 << b)) for b in range(width))
+    return out
+
+
+def assign_groups(hashes: list[int], mirrored: list[int | None], order: list[int], max_distance: int,
+                  bucket_cap: int = 64) -> list[int]:
+    """For each image, the index of its group's representative (itself when it starts a group).
+
+    ``order`` lists the image indices by priority: each, in turn, joins the nearest
+    representative within ``max_distance`` of its hash or of its mirror's hash (ties: the earlier
+    representative), or becomes a representative. A bucket holds at most ``bucket_cap``
+    representatives; one that would go past it is left out of that bucket only (a later copy
+    that matches it only through that chunk is missed and starts a group of its own: a missed
+    duplicate, never a chain), so the work per image is bounded by
+    ``chunks x (bits per chunk + 1) x 2 x bucket_cap`` comparisons.
+    """
+    if bucket_cap < 1:
+        raise ValueError(f"bucket_cap must be at least 1, got {bucket_cap}")
+    n_chunks = max(1, -(-(max_distance + 1) // 2))
+    buckets: list[dict[int, list[int]]] = [{} for _ in range(n_chunks)]
+    rep_of = [-1] * len(hashes)
+    rank: dict[int, int] = {}
+    for i in order:
+        best, best_d = -1, max_distance + 1
+        for q in (hashes[i], mirrored[i]):
+            if q is None:
+                continue
+            for c, key in _lookup_keys(q, n_chunks, max_distance):
+                for r in buckets[c].get(key, ()):
+                    d = (q ^ hashes[r]).bit_count()
+                    if d < best_d or (d == best_d and best >= 0 and rank[r] < rank[best]):
+                        best, best_d = r, d
+        if best >= 0:
+            rep_of[i] = best
+            continue
+        rep_of[i] = i
+        rank[i] = len(rank)
+        for c, (shift, width) in enumerate(_chunks(64, n_chunks)):
+            b = buckets[c].setdefault((hashes[i] >> shift) & ((1 << width) - 1), [])
+            if len(b) < bucket_cap:
+                b.append(i)
+    return rep_of
 
 
 def hash_to_int(h) -> int:
