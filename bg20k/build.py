@@ -41,7 +41,7 @@ from .screen import Detection, Detector, rejecting_detection
 
 HASHES = ("phash", "dhash", "whash", "ahash")
 DOWNLOADS_IN_FLIGHT_PER_WORKER = 4  # submitted but unfinished downloads, per download thread
-DEDUP_BUCKET_CAP = 64  # representatives per multi-index bucket (see dedup.assign_groups)
+DEDUP_BUCKET_CAP = 16  # entries compared per multi-index bucket (see dedup.assign_groups)
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,13 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
 
     # -- fetch: URLs not yet prepared; a finished download of a killed run is used as it is
     t = time.perf_counter()
-    todo_urls = [s for s, p in sources if p is None and s not in barred and not _done(manifest, s, out)]
+    todo_urls = []
+    for s, p in sources:
+        if p is None and s not in barred:
+            if not _done(manifest, s, out):
+                todo_urls.append(s)
+            elif _download_path(out, s).exists():  # prepared, but killed before its download was removed
+                _download_path(out, s).unlink()
     fetched_paths: dict[str, str] = {}
     to_fetch = []
     for u in todo_urls:

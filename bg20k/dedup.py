@@ -7,10 +7,10 @@ bit; they are found by binary search in the sorted chunk values, and only they a
 That is about m * (w + 1) / 2^w * n^2 comparisons for chunks of w bits instead of n^2 / 2.
 
 `assign_groups` uses the same index for grouping without chains: images are taken in a
-priority order and each one is compared only with the groups' kept representatives (its own
-hash and the hash of its mirror image), so a run of near-equal images (plain skies, walls) can
-neither link distant images into one group nor make the pairs grow quadratically; buckets are
-capped so that a flood of equal chunks costs a bounded number of comparisons.
+priority order and each one joins a group only through its kept representative (matching its
+own hash or the hash of its mirror image), so a run of near-equal images (plain skies, walls)
+cannot link distant images into one group; only the highest-priority entries of a bucket are
+compared (a cap), so a flood of equal chunks cannot make the pairs grow quadratically.
 """
 from __future__ import annotations
 
@@ -92,54 +92,83 @@ def duplicate_groups(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
-def _lookup_keys(h: int, n_chunks: int, max_distance: int) -> list[tuple[int, int]]:
-    """(chunk index, key) of every bucket that may hold a hash within ``max_distance`` of ``h``."""
-    out = []
-    for c, (shift, width) in enumerate(_chunks(64, n_chunks)):
-        key = (h >> shift) & ((1 << width) - 1)
-        out.append((c, key))
-        if max_distance > 0:
-            out.extend((c, key ^ (1 << b)) for b in range(width))
-    return out
+def _capped_candidates(h: np.ndarray, queries: np.ndarray, valid: np.ndarray, prio: np.ndarray,
+                       max_distance: int, bucket_cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) with prio[j] < prio[i] and Hamming(queries[i], h[j]) <= max_distance,
+    looking at no more than ``bucket_cap`` entries (the highest-priority ones) per bucket."""
+    n = len(h)
+    n_chunks = max(1, -(-(max_distance + 1) // 2))
+    by_prio = np.argsort(prio, kind="stable")
+    found_i, found_j = [], []
+    for shift, width in _chunks(64, n_chunks):
+        mask = np.uint64((1 << width) - 1)
+        key = (h[by_prio] >> np.uint64(shift)) & mask
+        order = by_prio[np.argsort(key, kind="stable")]  # by key, then by priority
+        sorted_keys = (h[order] >> np.uint64(shift)) & mask
+        qkey = (queries >> np.uint64(shift)) & mask
+        flips = [0] + ([1 << b for b in range(width)] if max_distance > 0 else [])
+        for flip in flips:
+            q = qkey ^ np.uint64(flip)
+            lo = np.searchsorted(sorted_keys, q, side="left")
+            hi = np.searchsorted(sorted_keys, q, side="right")
+            counts = np.where(valid, np.minimum(hi - lo, bucket_cap), 0)
+            if not counts.any():
+                continue
+            i = np.repeat(np.arange(n), counts)
+            starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            j = order[np.arange(len(i)) + starts]
+            keep = (prio[j] < prio[i]) & (hamming(queries[i], h[j]) <= max_distance)
+            found_i.append(i[keep])
+            found_j.append(j[keep])
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    return i, j, hamming(queries[i], h[j])
 
 
 def assign_groups(hashes: list[int], mirrored: list[int | None], order: list[int], max_distance: int,
-                  bucket_cap: int = 64) -> list[int]:
+                  bucket_cap: int = 16) -> list[int]:
     """For each image, the index of its group's representative (itself when it starts a group).
 
     ``order`` lists the image indices by priority: each, in turn, joins the nearest
-    representative within ``max_distance`` of its hash or of its mirror's hash (ties: the earlier
-    representative), or becomes a representative. A bucket holds at most ``bucket_cap``
-    representatives; one that would go past it is left out of that bucket only (a later copy
-    that matches it only through that chunk is missed and starts a group of its own: a missed
-    duplicate, never a chain), so the work per image is bounded by
-    ``chunks x (bits per chunk + 1) x 2 x bucket_cap`` comparisons.
+    representative within ``max_distance`` of its hash or of its mirror's hash (ties: the
+    earlier representative), or becomes a representative. Only the ``bucket_cap``
+    highest-priority entries of a multi-index bucket are looked at, so the candidates per image
+    are bounded by ``2 x chunks x (bits per chunk + 1) x bucket_cap`` however many near-equal
+    hashes there are; a representative past the cap of every bucket it shares with an image
+    is missed, and the image starts a group of its own (a missed duplicate, never a chain).
     """
     if bucket_cap < 1:
         raise ValueError(f"bucket_cap must be at least 1, got {bucket_cap}")
-    n_chunks = max(1, -(-(max_distance + 1) // 2))
-    buckets: list[dict[int, list[int]]] = [{} for _ in range(n_chunks)]
-    rep_of = [-1] * len(hashes)
-    rank: dict[int, int] = {}
-    for i in order:
-        best, best_d = -1, max_distance + 1
-        for q in (hashes[i], mirrored[i]):
-            if q is None:
-                continue
-            for c, key in _lookup_keys(q, n_chunks, max_distance):
-                for r in buckets[c].get(key, ()):
-                    d = (q ^ hashes[r]).bit_count()
-                    if d < best_d or (d == best_d and best >= 0 and rank[r] < rank[best]):
-                        best, best_d = r, d
-        if best >= 0:
-            rep_of[i] = best
-            continue
-        rep_of[i] = i
-        rank[i] = len(rank)
-        for c, (shift, width) in enumerate(_chunks(64, n_chunks)):
-            b = buckets[c].setdefault((hashes[i] >> shift) & ((1 << width) - 1), [])
-            if len(b) < bucket_cap:
-                b.append(i)
+    n = len(hashes)
+    if n == 0:
+        return []
+    h = np.array(hashes, dtype=np.uint64)
+    prio = np.empty(n, np.int64)
+    prio[np.asarray(order, np.int64)] = np.arange(n)
+    has_m = np.array([m is not None for m in mirrored], bool)
+    hm = np.array([m if m is not None else 0 for m in mirrored], dtype=np.uint64)
+    parts = [_capped_candidates(h, h, np.ones(n, bool), prio, max_distance, bucket_cap)]
+    if has_m.any():
+        parts.append(_capped_candidates(h, hm, has_m, prio, max_distance, bucket_cap))
+    i = np.concatenate([p[0] for p in parts])
+    j = np.concatenate([p[1] for p in parts])
+    d = np.concatenate([p[2] for p in parts])
+    srt = np.lexsort((prio[j], d, i))  # per image: nearest first, then the earlier representative
+    i, j = i[srt], j[srt]
+    ptr = np.searchsorted(i, np.arange(n + 1))
+    is_rep = np.zeros(n, bool)
+    rep_of = [-1] * n
+    jl = j.tolist()
+    for k in order:
+        for idx in range(ptr[k], ptr[k + 1]):
+            r = jl[idx]
+            if is_rep[r]:
+                rep_of[k] = r
+                break
+        else:
+            rep_of[k] = k
+            is_rep[k] = True
     return rep_of
 
 

@@ -97,6 +97,7 @@ def test_download_bodies_are_released_as_they_complete(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_a_build_killed_during_prepare_never_fetches_an_url_twice(tmp_path, site):
     rng = np.random.default_rng(0)
     base = cv2.imread(str(shared("backgrounds") / "coast.jpg"))
@@ -244,6 +245,7 @@ def test_dedup_groups_by_representative_without_chains_and_matches_brute_force()
 # ------------------------------------------------------------------ the detector first
 
 
+@pytest.mark.slow
 def test_missing_detector_and_misspelt_class_stop_before_any_download_and_retry_is_allowed(tmp_path, site):
     site.routes["/a.jpg"] = (200, {}, _jpeg(_canyon(640)))
     lst = tmp_path / "urls.txt"
@@ -382,6 +384,7 @@ def test_embedded_profile_is_converted_to_srgb_and_outputs_are_444(tmp_path):
 # ------------------------------------------------------------------ screening
 
 
+@pytest.mark.slow
 def test_screening_gives_an_image_the_same_boxes_alone_and_in_a_mixed_batch():
     from bg20k.screen import Detector
 
