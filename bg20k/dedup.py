@@ -107,11 +107,19 @@ def _capped_candidates(h: np.ndarray, queries: np.ndarray, valid: np.ndarray, pr
         sorted_keys = (h[order] >> np.uint64(shift)) & mask
         qkey = (queries >> np.uint64(shift)) & mask
         flips = [0] + ([1 << b for b in range(width)] if max_distance > 0 else [])
+        table = None
+        if width <= 22:  # a dense table of bucket starts turns each lookup into a gather
+            table = np.searchsorted(sorted_keys, np.arange((1 << width) + 1, dtype=np.uint64))
         for flip in flips:
             q = qkey ^ np.uint64(flip)
-            lo = np.searchsorted(sorted_keys, q, side="left")
-            hi = np.searchsorted(sorted_keys, q, side="right")
-            counts = np.where(valid, np.minimum(hi - lo, bucket_cap), 0)
+            if table is not None:
+                qi = q.astype(np.int64)
+                lo, hi = table[qi], table[qi + 1]
+            else:
+                lo = np.searchsorted(sorted_keys, q, side="left")
+                hi = np.searchsorted(sorted_keys, q, side="right")
+            counts = np.minimum(hi - lo, bucket_cap)
+            counts[~valid] = 0
             if not counts.any():
                 continue
             i = np.repeat(np.arange(n), counts)
@@ -156,8 +164,8 @@ def assign_groups(hashes: list[int], mirrored: list[int | None], order: list[int
     d = np.concatenate([p[2] for p in parts])
     srt = np.lexsort((prio[j], d, i))  # per image: nearest first, then the earlier representative
     i, j = i[srt], j[srt]
-    ptr = np.searchsorted(i, np.arange(n + 1))
-    is_rep = np.zeros(n, bool)
+    ptr = np.searchsorted(i, np.arange(n + 1)).tolist()
+    is_rep = [False] * n
     rep_of = [-1] * n
     jl = j.tolist()
     for k in order:
