@@ -428,6 +428,8 @@ def bg20k() -> None:
 @click.option("--min-short-side", default=1080, show_default=True, type=click.IntRange(min=1))
 @click.option("--target-short-side", default=1080, show_default=True, type=click.IntRange(min=1))
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality of the outputs.")
+@click.option("--chroma", type=click.Choice(["444", "422", "420"]), default="444", show_default=True,
+              help="JPEG chroma subsampling of the outputs (4:4:4 keeps full colour resolution).")
 @click.option("--hash", "hash_name", type=click.Choice(["phash", "dhash", "whash", "ahash"]), default="phash", show_default=True)
 @click.option("--dedup-distance", default=6, show_default=True, type=click.IntRange(0, 32),
               help="Hamming distance (of 64 bits) at or under which two images are near duplicates.")
@@ -464,18 +466,22 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
 
     \b
     Stages, each recorded per image in OUT/manifest.jsonl:
-      1. decode (EXIF orientation; pixel limit against decompression bombs)
-      2. keep shorter side >= 1080, resize to 1080 on the shorter side, JPEG q95
-      3. near-duplicate removal by perceptual hash (the largest original is kept)
+      1. decode (EXIF orientation; pixel limit against decompression bombs; transparent
+         images rejected; embedded ICC profiles converted to sRGB)
+      2. keep shorter side >= 1080, resize to 1080 on the shorter side, JPEG q95 4:4:4
+      3. near-duplicate removal by perceptual hash and its mirror, against each group's kept
+         image (the largest original, or the one kept before); a group shares one split
       4. YOLO screening: reject a listed class with conf >= --conf covering >= --min-box-fraction
       5. train / testval split by a stable hash of the content
     Also OUT/stats.json, OUT/ATTRIBUTION.csv (id, url, license, author, source of every kept
     image, from `license`, `author` and `source` columns of a CSV or JSON-lines URL list) and
     OUT/review.html: click a card (or arrows, then k / r) to change its verdict, filter by
     verdict or reason, and download decisions.csv for --decisions.
-    Running again with more sources, a decisions file or other screening thresholds (--classes,
-    --conf, --min-box-fraction: recomputed from the stored detections) only processes what is
-    new; a killed run resumes; any other changed setting stops before any work (or --overwrite).
+    Running again with more sources, a decisions file, another --detector (screens what it has
+    not screened) or other screening thresholds (--classes, --conf, --min-box-fraction:
+    recomputed from the stored detections) only processes what is new; a killed run resumes
+    and reuses its finished downloads; any other changed setting stops before any work (or
+    --overwrite). The detector is loaded and --classes checked before any download.
 
     \b
     Examples:
@@ -505,7 +511,7 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
     try:
         with claimed_output(out_dir, "bg20k build", byte_settings(cfg),
                             may_change=("src_dirs", "url_files", "classes", "conf", "min_box_fraction", "decisions",
-                                        "require_license", "licenses"),
+                                        "require_license", "licenses", "detector"),
                             overwrite=overwrite):
             stats = run_build(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except DetectorError as exc:
@@ -517,7 +523,8 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
         ("sources", c["sources"]), ("candidates", c["candidates"]), ("kept", c["kept"]),
         ("train / testval", f"{c['train']} / {c['testval']}"),
         ("near duplicates", c["rejected_near_duplicate"]), ("salient objects", c["rejected_salient_object"]),
-        ("too small", c["rejected_resolution"]), ("licence", c["rejected_license"]),
+        ("too small", c["rejected_resolution"]), ("transparent", c["rejected_transparency"]),
+        ("licence", c["rejected_license"]),
         ("failed", c["failed_decode"] + c["failed_download"]),
         ("seconds", f"{stats.seconds['total']:.1f}"), ("review", out_dir / "review.html"),
         ("attribution", out_dir / "ATTRIBUTION.csv"),

@@ -1,12 +1,17 @@
 """`bg20k build`: a BG-20k-style background set, as a pipeline of narrow stages.
 
-fetch (threads: URLs -> OUT/.downloads)  ->  prepare (processes: decode, resolution filter,
-resize, JPEG, perceptual hash -> OUT/.stage/<id>.jpg)  ->  dedup (all hashes at once)  ->
-screen (batched YOLO, detections cached in the manifest)  ->  decide (rule + decisions file)
-->  place (OUT/train, OUT/testval)  ->  report (stats.json, review.html).
+load the detector (and check --classes)  ->  fetch (threads, a bounded window of URLs in
+flight: URLs -> OUT/.downloads)  ->  prepare (processes: decode, resolution and transparency
+filters, sRGB, resize, JPEG, perceptual hashes -> OUT/.stage/<id>.jpg)  ->  dedup (each image
+against the groups' kept representatives)  ->  screen (YOLO, batches of one image shape,
+detections cached in the manifest)  ->  decide (rule + decisions file)  ->  place (OUT/train,
+OUT/testval)  ->  report (stats.json, review.html).
 
-An image's id is a hash of its source bytes, so names never come from a URL, an image keeps
-its split when the set grows, and a re-run skips every source the manifest already holds.
+An image's id is a hash of its source bytes, so names never come from a URL. A placed image
+is recorded (``placed:<id>``) and never moves between train and testval; a duplicate group
+takes its split from its representative, so near copies share a split; an image kept before
+stays its group's representative when a larger copy arrives. A re-run skips every source the
+manifest already holds and reuses every finished download.
 """
 from __future__ import annotations
 
@@ -24,17 +29,19 @@ from typing import Any
 import numpy as np
 
 from rssn.imageio import (
-    DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, atomic_write_json, encode_image, list_images, read_image,
+    DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, atomic_write_json, list_images,
     remove_stale_temporaries,
 )
 from rssn.manifest import Manifest
 
-from .dedup import duplicate_groups, hash_to_int
+from .dedup import assign_groups, hash_to_int
 from .download import ATTRIBUTION_FIELDS, fetch, read_url_records
 from .licenses import license_rejection
 from .screen import Detection, Detector, rejecting_detection
 
 HASHES = ("phash", "dhash", "whash", "ahash")
+DOWNLOADS_IN_FLIGHT_PER_WORKER = 4  # submitted but unfinished downloads, per download thread
+DEDUP_BUCKET_CAP = 16  # entries compared per multi-index bucket (see dedup.assign_groups)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class BuildConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     require_license: bool = False
     licenses: tuple[str, ...] | None = None
+    chroma: str = "444"
 
 
 RUN_ONLY_SETTINGS = ("out_dir", "workers", "executor", "ray_address", "download_workers", "timeout", "max_bytes",
@@ -100,6 +108,8 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
 
     from rssn.imageio import exif_swaps_axes, open_checked
 
+    from .decode import NotABackground, encode_jpeg, read_background
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -119,18 +129,35 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
                     "reason": f"too small: {w}x{h}, shorter side under {cfg.min_short_side}"}
         s = cfg.target_short_side / min(w, h)
         tw, th = max(1, round(w * s)), max(1, round(h * s))
-        img = read_image(path, cover=(tw, th), max_pixels=cfg.max_pixels)
+        img, colour = read_background(path, (tw, th), cfg.max_pixels)
     except ImageReadError as exc:
         return {"status": "failed", "stage": "decode", "reason": exc.reason, "id": iid}
-    import cv2
+    except NotABackground as exc:
+        return {"status": "rejected", "stage": "transparency", "id": iid, "orig_size": [w, h], "reason": str(exc)}
+    atomic_write_bytes(cfg.out_dir / ".stage" / f"{iid}.jpg", encode_jpeg(img, cfg.quality, cfg.chroma))
+    phash, mirror = image_hashes(img, cfg.hash)
+    rec = {"status": "candidate", "id": iid, "orig_size": [w, h], "size": [tw, th], "hash": f"{phash:016x}",
+           "hash_mirror": f"{mirror:016x}", "animated": animated}
+    if colour:
+        rec["colour"] = colour
+    return rec
 
-    if img.shape[:2] != (th, tw):
-        img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
-    atomic_write_bytes(cfg.out_dir / ".stage" / f"{iid}.jpg", encode_image(img, ".jpg", jpeg_quality=cfg.quality))
-    hasher = getattr(imagehash, cfg.hash)
-    phash = hash_to_int(hasher(Image.fromarray(img)))
-    return {"status": "candidate", "id": iid, "orig_size": [w, h], "size": [tw, th], "hash": f"{phash:016x}",
-            "animated": animated}
+
+def image_hashes(img: np.ndarray, name: str) -> tuple[int, int]:
+    """The perceptual hash of an RGB image and of its mirror image, as 64-bit integers.
+
+    For phash both come from one 32x32 grey reduction (what imagehash.phash computes first), so
+    the mirror costs a flip of 1,024 pixels instead of a second full-size resize."""
+    import imagehash
+    from PIL import Image
+
+    hasher = getattr(imagehash, name)
+    im = Image.fromarray(img)
+    if name == "phash":
+        im = im.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    return (hash_to_int(hasher(im)),
+            hash_to_int(hasher(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if name == "phash"
+                               else Image.fromarray(np.ascontiguousarray(img[:, ::-1])))))
 
 
 # ------------------------------------------------------------------ the run
@@ -181,28 +208,44 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
                 manifest.append({"key": f"source:{s}", "type": "source", "source": s, "status": "rejected",
                                  "stage": "license", "reason": why, "attribution": attribution.get(s, {})})
 
-    # -- fetch: URLs not yet prepared
+    # -- the detector first: a missing model or a misspelt --classes stops the run before any work
+    detect = _checked_detector(cfg) if cfg.screen else None
+
+    # -- fetch: URLs not yet prepared; a finished download of a killed run is used as it is
     t = time.perf_counter()
-    todo_urls = [s for s, p in sources if p is None and s not in barred and not _done(manifest, s, out)]
+    todo_urls = []
+    for s, p in sources:
+        if p is None and s not in barred:
+            if not _done(manifest, s, out):
+                todo_urls.append(s)
+            elif _download_path(out, s).exists():  # prepared, but killed before its download was removed
+                _download_path(out, s).unlink()
     fetched_paths: dict[str, str] = {}
-    if todo_urls:
-        with cf.ThreadPoolExecutor(cfg.download_workers) as pool:
-            futs = {pool.submit(fetch, u, timeout=cfg.timeout, max_bytes=cfg.max_bytes,
-                                max_redirects=cfg.max_redirects, retries=cfg.retries): u for u in todo_urls}
-            for fut in tqdm(cf.as_completed(futs), total=len(futs), desc="download", unit="url",
-                            disable=not progress, dynamic_ncols=True):
-                r = fut.result()
-                if r.ok and r.data:
-                    p = out / ".downloads" / hashlib.sha256(r.url.encode()).hexdigest()[:24]
-                    atomic_write_bytes(p, r.data)
-                    fetched_paths[r.url] = str(p)
-                    manifest.append({"key": f"download:{r.url}", "type": "download", **r.record()})
-                else:
-                    manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "failed",
-                                     "stage": "download", "reason": r.error or "empty body", "download": r.record(),
-                                     "attribution": attribution.get(r.url, {})})
+    to_fetch = []
+    for u in todo_urls:
+        p = _download_path(out, u)
+        if p.is_file():  # written atomically, so a file that exists is a whole body
+            fetched_paths[u] = str(p)
+        else:
+            to_fetch.append(u)
+    if to_fetch:
+        bar = tqdm(total=len(to_fetch), desc="download", unit="url", disable=not progress, dynamic_ncols=True)
+        for r in _fetch_bounded(to_fetch, cfg):
+            if r.ok and r.data:
+                p = _download_path(out, r.url)
+                atomic_write_bytes(p, r.data)
+                r.data = None  # the body is on disk: release it now, not when the pool closes
+                fetched_paths[r.url] = str(p)
+                manifest.append({"key": f"download:{r.url}", "type": "download", "path": p.name, **r.record()})
+            else:
+                manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "failed",
+                                 "stage": "download", "reason": r.error or "empty body", "download": r.record(),
+                                 "attribution": attribution.get(r.url, {})})
+            bar.update(1)
+        bar.close()
     stats.seconds["download"] = time.perf_counter() - t
-    stats.items["download"] = len(todo_urls)
+    stats.items["download"] = len(to_fetch)
+    stats.counts["downloads_reused"] = len(todo_urls) - len(to_fetch)
 
     # -- prepare: every source not yet in the manifest
     t = time.perf_counter()
@@ -234,13 +277,17 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     stats.seconds["prepare"] = time.perf_counter() - t
     stats.items["prepare"] = len(jobs)
 
-    # -- dedup over every candidate (new and old)
+    # -- dedup over every eligible candidate (new and old); licence-barred sources take no part
     t = time.perf_counter()
     current = {s for s, _ in sources}
     cands: dict[str, dict[str, Any]] = {}
+    barred_cands: dict[str, dict[str, Any]] = {}
     exact_dups: dict[str, str] = {}
     for rec in manifest:
         if rec["type"] != "source" or rec["source"] not in current or rec.get("status") != "candidate":
+            continue
+        if rec["source"] in barred:
+            barred_cands.setdefault(rec["id"], rec)
             continue
         iid = rec["id"]
         if iid in cands:
@@ -250,35 +297,24 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
                 cands[iid] = rec
         else:
             cands[iid] = rec
+    barred_cands = {i: r for i, r in barred_cands.items() if i not in cands}  # same bytes, eligible source: it wins
     ids = sorted(cands)
-    dup_of: dict[str, str] = {}
-    if ids:
-        hashes = np.array([int(cands[i]["hash"], 16) for i in ids], dtype=np.uint64)
-        groups = duplicate_groups(hashes, cfg.dedup_distance)
-        by_group: dict[int, list[str]] = {}
-        for i, g in zip(ids, groups):
-            by_group.setdefault(int(g), []).append(i)
-        for members in by_group.values():
-            if len(members) < 2:
-                continue
-            keep = max(members, key=lambda i: (cands[i]["orig_size"][0] * cands[i]["orig_size"][1], _neg(i)))
-            for m in members:
-                if m != keep:
-                    dup_of[m] = keep
+    placed = _placed(manifest, out)
+    was_kept = {p.stem for split in ("train", "testval") for p in (out / split).glob("*.jpg")}
+    dup_of = _near_duplicates(ids, cands, was_kept, cfg.dedup_distance)
+    group_split = {i: placed.get(i) or split_of(i, cfg.val_fraction) for i in ids if i not in dup_of}
     stats.seconds["dedup"] = time.perf_counter() - t
     stats.items["dedup"] = len(ids)
 
-    # -- screen the unique candidates not yet screened by this detector
+    # -- screen the unique candidates not yet screened by this detector, in batches of one shape
     t = time.perf_counter()
     unique = [i for i in ids if i not in dup_of]
     det_key = f"{cfg.detector}|{cfg.imgsz}"
     floor = min(cfg.conf, 0.05)
     to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
     if to_screen:
-        detect = _detector(cfg)
         bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
-        for k in range(0, len(to_screen), cfg.detect_batch):
-            batch = to_screen[k : k + cfg.detect_batch]
+        for batch in shape_batches(to_screen, {i: tuple(cands[i]["size"]) for i in to_screen}, cfg.detect_batch):
             for i, dets in zip(batch, detect([str(out / ".stage" / f"{i}.jpg") for i in batch], floor)):
                 manifest.append({"key": f"detect:{i}", "type": "detections", "id": i, "detector": det_key,
                                  "min_conf": floor, "detections": [d.as_list() for d in dets]})
@@ -291,6 +327,12 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     decisions = read_decisions(cfg.decisions) if cfg.decisions else {}
     classes = set(cfg.classes) if cfg.classes else None
     verdicts: dict[str, dict[str, Any]] = {}
+    for i in sorted(barred_cands):  # left out of dedup and screening; the licence rule is final
+        rec = barred_cands[i]
+        verdicts[i] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"],
+                       "attribution": attribution.get(rec["source"], {}), "detections": [], "verdict": "rejected",
+                       "reason": f"licence: {barred[rec['source']]}", "licence_rejected": True,
+                       "split": placed.get(i) or split_of(i, cfg.val_fraction)}
     for i in ids:
         rec = cands[i]
         v: dict[str, Any] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"],
@@ -315,10 +357,10 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
             v["automatic"] = v["verdict"]
             v["verdict"] = "kept" if decisions[i] == "keep" else "rejected"
             v["reason"] = f"manual decision: {decisions[i]} (automatic: {v['automatic']}, {v['reason']})"
-        if rec["source"] in barred:  # the licence rule is final: no manual decision keeps such an image
-            v.update(verdict="rejected", reason=f"licence: {barred[rec['source']]}", licence_rejected=True)
-        v["split"] = split_of(i, cfg.val_fraction)
+        # once placed, an image never changes split; otherwise it takes its group's split
+        v["split"] = placed.get(i) or group_split[dup_of.get(i, i)]
         verdicts[i] = v
+    all_ids = sorted(verdicts)
 
     # -- place
     kept = {i for i, v in verdicts.items() if v["verdict"] == "kept"}
@@ -330,6 +372,8 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
         dst = out / verdicts[i]["split"] / f"{i}.jpg"
         if not dst.exists():
             _link_or_copy(out / ".stage" / f"{i}.jpg", dst)
+        if i not in placed:
+            manifest.append({"key": f"placed:{i}", "type": "placed", "id": i, "split": verdicts[i]["split"]})
 
     # -- report
     for rec in manifest:
@@ -344,26 +388,28 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
                 "manual" if "automatic" in v else "salient_object")
             stats.counts[f"rejected_{key}"] += 1
     stats.counts["sources"] = len(sources)
-    stats.counts["candidates"] = len(ids)
+    stats.counts["candidates"] = len(ids) + len(barred_cands)
     stats.counts["kept"] = len(kept)
     stats.counts["train"] = sum(1 for i in kept if verdicts[i]["split"] == "train")
     stats.counts["testval"] = len(kept) - stats.counts["train"]
     stats.seconds["total"] = time.perf_counter() - t_all
-    atomic_write_json(out / "verdicts.json", [verdicts[i] for i in ids], indent=1)
+    atomic_write_json(out / "verdicts.json", [verdicts[i] for i in all_ids], indent=1)
     write_stats(out / "stats.json", stats, cfg)
     write_attribution(out / "ATTRIBUTION.csv", [verdicts[i] for i in sorted(kept)])
     from .review import write_review
 
     failed = [r for r in manifest if r["type"] == "source" and r["source"] in current and r["status"] != "candidate"]
-    write_review(out, [verdicts[i] for i in ids], failed)
+    write_review(out, [verdicts[i] for i in all_ids], failed)
     manifest.compact()
     return stats
 
 
 def _detector(cfg: BuildConfig):
-    """detect(paths, min_conf): in this process, or in a Ray actor (on a GPU when the cluster has one)."""
+    """(detect(paths, min_conf), class names): in this process, or in a Ray actor (on a GPU when
+    the cluster has one)."""
     if cfg.executor != "ray":
-        return Detector(cfg.detector, cfg.imgsz).detect_paths
+        det = Detector(cfg.detector, cfg.imgsz)
+        return det.detect_paths, set(det.names.values())
     from rssn.executor import ensure_ray
 
     from .screen import DetectorError
@@ -378,12 +424,82 @@ def _detector(cfg: BuildConfig):
         except Exception as exc:
             raise DetectorError(str(exc).strip().splitlines()[-1]) from None
 
+    try:
+        names = set(ray.get(actor.class_names.remote()))
+    except Exception as exc:
+        raise DetectorError(str(exc).strip().splitlines()[-1]) from None
+    return detect, names
+
+
+def _checked_detector(cfg: BuildConfig):
+    """The detector, loaded before any download, with every --classes name checked against it."""
+    from .screen import DetectorError
+
+    detect, names = _detector(cfg)
+    unknown = sorted(set(cfg.classes or ()) - names)
+    if unknown:
+        raise DetectorError(
+            f"--classes {','.join(unknown)}: not a class of the detector {cfg.detector!r} (a misspelt class would "
+            f"silently screen nothing); its classes are: {', '.join(sorted(names))}")
     return detect
 
 
-def _neg(i: str) -> tuple:
-    """Tie-break on the id: the smallest id wins (max over negated characters)."""
-    return tuple(-ord(c) for c in i)
+def shape_batches(ids: list[str], sizes: dict[str, tuple[int, int]], batch: int) -> list[list[str]]:
+    """Batches of at most ``batch`` ids whose images have one size, so that every image gets
+    the network input it would get alone (a mixed batch is padded to its largest shape)."""
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for i in ids:
+        by_size.setdefault(sizes[i], []).append(i)
+    return [g[k : k + batch] for _, g in sorted(by_size.items()) for k in range(0, len(g), batch)]
+
+
+def _fetch_bounded(urls: list[str], cfg: BuildConfig):
+    """Fetched results as they complete, with at most DOWNLOADS_IN_FLIGHT_PER_WORKER x
+    download_workers URLs submitted at a time, so memory does not grow with the list."""
+    window = DOWNLOADS_IN_FLIGHT_PER_WORKER * cfg.download_workers
+    it = iter(urls)
+    with cf.ThreadPoolExecutor(cfg.download_workers) as pool:
+        def submit(n: int) -> set:
+            return {pool.submit(fetch, u, timeout=cfg.timeout, max_bytes=cfg.max_bytes,
+                                max_redirects=cfg.max_redirects, retries=cfg.retries) for _, u in zip(range(n), it)}
+
+        pending = submit(window)
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            pending |= submit(len(done))
+            for fut in done:
+                yield fut.result()
+            del done, fut  # no reference to a finished body outlives its turn
+
+
+def _download_path(out: Path, url: str) -> Path:
+    return out / ".downloads" / hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+def _placed(manifest: Manifest, out: Path) -> dict[str, str]:
+    """id -> split of every image ever placed (``placed:`` records; files of older runs too)."""
+    placed = {r["id"]: r["split"] for r in manifest if r["type"] == "placed"}
+    for split in ("train", "testval"):
+        for p in (out / split).glob("*.jpg"):
+            placed.setdefault(p.stem, split)
+    return placed
+
+
+def _near_duplicates(ids: list[str], cands: dict[str, dict[str, Any]], was_kept: set[str],
+                     max_distance: int) -> dict[str, str]:
+    """id -> its representative's id, for every candidate that is a near copy of another.
+
+    Priority for representatives: images kept by the previous run (they stay kept when a
+    larger copy arrives), then the largest original, then the smallest id."""
+    if not ids:
+        return {}
+    hashes = [int(cands[i]["hash"], 16) for i in ids]
+    mirrored = [int(cands[i]["hash_mirror"], 16) if cands[i].get("hash_mirror") else None for i in ids]
+    order = sorted(range(len(ids)), key=lambda k: (ids[k] not in was_kept,
+                                                   -cands[ids[k]]["orig_size"][0] * cands[ids[k]]["orig_size"][1],
+                                                   ids[k]))
+    rep = assign_groups(hashes, mirrored, order, max_distance, DEDUP_BUCKET_CAP)
+    return {ids[k]: ids[r] for k, r in enumerate(rep) if r != k}
 
 
 def _done(manifest: Manifest, source: str, out: Path) -> bool:
@@ -432,7 +548,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _reason_class(reason: str) -> str:
     r = reason.lower()
-    for key in ("licence", "too small", "pixel limit", "empty file", "not a readable image", "cannot decode", "http ",
+    for key in ("licence", "too small", "transparent", "pixel limit", "empty file", "not a readable image", "cannot decode", "http ",
                 "cannot connect", "redirect", "over the limit", "slow", "no response", "only http", "connection broke"):
         if key in r:
             return key.strip()

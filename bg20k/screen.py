@@ -84,8 +84,24 @@ class Detector:
 
         return self.detect([read_image(p) for p in paths], min_conf)
 
+    def class_names(self) -> list[str]:
+        """The class names the model knows (a method, so that a Ray actor can answer it)."""
+        return [str(v) for v in self.names.values()]
+
     def detect(self, images: list[np.ndarray], min_conf: float) -> list[list[Detection]]:
-        """Detections for a batch of RGB uint8 images."""
+        """Detections for a batch of RGB uint8 images. Images are run in sub-batches of one shape:
+        ultralytics pads a mixed batch to its largest shape, so an image's boxes would depend
+        on the images batched with it."""
+        out: list[list[Detection]] = [[] for _ in images]
+        by_shape: dict[tuple, list[int]] = {}
+        for k, im in enumerate(images):
+            by_shape.setdefault(im.shape, []).append(k)
+        for ks in by_shape.values():
+            for k, dets in zip(ks, self._detect_one_shape([images[k] for k in ks], min_conf)):
+                out[k] = dets
+        return out
+
+    def _detect_one_shape(self, images: list[np.ndarray], min_conf: float) -> list[list[Detection]]:
         bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]
         results = self.model.predict(bgr, imgsz=self.imgsz, conf=min_conf, device=self.device, verbose=False)
         out = []

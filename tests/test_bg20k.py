@@ -204,6 +204,8 @@ def test_build_from_urls_keeps_the_right_images_and_records_every_failure(tmp_pa
 class FakeDetector:
     """Known detections: a large 'airplane' on the spacecraft photo, a tiny 'bird' elsewhere."""
 
+    names = {0: "airplane", 1: "bird", 2: "person"}
+
     def __init__(self, *a, **k):
         pass
 
