@@ -858,10 +858,13 @@ def gfm_profile(backbone, rosta, size, repeats, device, as_json) -> None:
 @click.option("--out-csv", type=click.Path(dir_okay=False, path_type=Path), help="One row per image and a mean row.")
 @click.option("--out-json", type=click.Path(dir_okay=False, path_type=Path), help="Means, counts and failures.")
 @click.option("--error-maps", type=click.Path(file_okay=False, path_type=Path), help="Write a PNG error map per image here.")
+@click.option("--allow-partial", is_flag=True,
+              help="Exit 0 even when some images failed (the mean is then over the scored ones only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None, data_dir: Path | None,
              pred_out: Path | None, trimap_dir: Path | None, protocol: str, trimap_kernel: int,
-             out_csv: Path | None, out_json: Path | None, error_maps: Path | None, quiet: bool) -> None:
+             out_csv: Path | None, out_json: Path | None, error_maps: Path | None, allow_partial: bool,
+             quiet: bool) -> None:
     """Score predicted mattes against ground truth with SAD, MSE, MAD, Grad and Conn.
 
     \b
@@ -877,11 +880,20 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
       gfm eval --pred preds --gt data/alpha --protocol gfm --out-json scores.json
       gfm eval --pred preds --gt data/alpha --error-maps errs/   # trimaps made from gt
       gfm eval --checkpoint runs/tt/last.pt --data AM-2k/validation --protocol gfm
+
+    \b
+    The summary gives the mean beside "scored N of M". When any image fails (no pair, a
+    duplicate stem, a bad trimap, ...) the exit status is 1 unless --allow-partial.
     """
     import tempfile
 
     from gfm.evaluate import EvalConfig, run_eval, summary_table, write_csv, write_json
 
+    inputs = {k: v for k, v in (("--pred", pred_dir), ("--gt", gt_dir), ("--data", data_dir),
+                                ("--trimap", trimap_dir)) if v is not None}
+    for out in (pred_out, error_maps):  # outputs never overwrite or sit among the inputs
+        if out is not None:
+            check_output_folder(out, inputs)
     if checkpoint is not None:
         if data_dir is None or pred_dir is not None:
             _fail_usage("--checkpoint needs --data (photos with mattes) and no --pred")
@@ -897,7 +909,12 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
             _fail_usage(str(exc))
         if not samples:
             _fail_usage(f"--data {data_dir}: no photo with a matte found")
+        if not isinstance(samples[0].image, Path):
+            _fail_usage(f"--data {data_dir}: webdataset shards cannot be evaluated (ground truth is scored from "
+                        "files); compose the evaluation set with --format png, or unpack the shards")
         gt_dir = gt_dir or samples[0].alpha.parent
+        if pred_out is not None:
+            check_output_folder(pred_out, {"--gt": gt_dir})
         pred_dir = pred_out or Path(tempfile.mkdtemp(prefix="gfm-eval-"))
         dev = pick_device("auto")
         try:
@@ -916,6 +933,10 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
     click.echo(summary_table(result), err=True)
     if not result.rows:
         click.echo("Error: no image could be scored", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
+    if result.failures and not allow_partial:
+        click.echo(f"Error: {len(result.failures)} of {result.total} images failed, so the mean is not over the "
+                   "whole set; fix them, or pass --allow-partial to accept a partial score", err=True)
         sys.exit(EXIT_NOTHING_MADE)
 
 
