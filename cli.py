@@ -642,7 +642,10 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     \b
     Glance from a pass at 1/3 of the size, focus from a pass at 1/2 (each side rounded down to
     a multiple of 32, the longer side at most --max-side); RIM one pass at 1/3. Several
-    --checkpoint: the pixel-wise median of their mattes (the paper's EN-median).
+    --checkpoint: the pixel-wise median of their mattes (the paper's EN-median). Mattes are
+    named by the input's path below --input (sub/a.jpg -> OUT/sub/a.png); two images with one
+    stem in one folder are both refused. Warnings: a pass that changes the aspect ratio by
+    more than 10 % (very thin images), transparent pixels in the input.
 
     \b
     Examples:
@@ -668,13 +671,16 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
                 "focus_scale": focus_scale, "scale": scale, "max_side": max_side}
     with claimed_output(out_dir, "gfm predict", settings, overwrite=overwrite):
         res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, progress=not quiet,
-                          glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side or None)
+                          root=input_path if input_path.is_dir() else None, glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side or None)
         atomic_write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
                                                "written": len(res.written), "failures": res.failures,
+                                               "warnings": res.warnings,
                                                "seconds": round(res.seconds, 3), "peak_memory_mb": round(res.peak_memory_mb, 1),
                                                "device": str(dev)})
     click.echo(f"{len(res.written)} mattes written to {out_dir}, {len(res.failures)} failed, {res.seconds:.1f} s, "
                f"peak memory {res.peak_memory_mb:.0f} MiB", err=True)
+    for f in res.warnings:
+        click.echo(f"  warning: {f['file']}: {f['warning']}", err=True)
     for f in res.failures:
         click.echo(f"  failed: {f['file']}: {f['reason']}", err=True)
     if not res.written:
