@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 FG_METHODS = ("cf", "cf-full", "ml", "none")
-ALGORITHM_VERSION = {"cf": "band-2", "cf-full": "pymatting-1", "ml": "pymatting-1", "none": "1"}
+ALGORITHM_VERSION = {"cf": "band-3", "cf-full": "pymatting-1", "ml": "pymatting-1", "none": "1"}
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, method: str = "cf") -> np.ndarray:

@@ -210,3 +210,18 @@ def test_gt02_pockets_against_the_full_solve():
     pocket = (a > 0.95) & (a < 1)
     print(f"GT02 270 px: max {d.max():.2f}, in pockets {d[pocket].max():.2f}")
     assert d.max() <= 3.0, d.max()
+
+
+def test_black_channel_needs_no_iterations(recwarn):
+    """A colour channel that is 0 everywhere makes a zero right-hand side: its answer is 0 at
+    once (it used to iterate to maxiter, and would now warn)."""
+    from rssn.closed_form_band import CGStats
+
+    a, F, B = ramp(64)
+    image = a[..., None] * F + (1 - a[..., None]) * B
+    image[..., 2] = 0
+    stats = CGStats()
+    f = estimate_foreground_cf_band(image, a, stats=stats)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert stats.iterations < 100 and not stats.hit_maxiter
+    assert f[..., 2].max() == 0
