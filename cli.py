@@ -691,7 +691,10 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     \b
     Glance from a pass at 1/3 of the size, focus from a pass at 1/2 (each side rounded down to
     a multiple of 32, the longer side at most --max-side); RIM one pass at 1/3. Several
-    --checkpoint: the pixel-wise median of their mattes (the paper's EN-median).
+    --checkpoint: the pixel-wise median of their mattes (the paper's EN-median). Mattes are
+    named by the input's path below --input (sub/a.jpg -> OUT/sub/a.png); two images with one
+    stem in one folder are both refused. Warnings: a pass that changes the aspect ratio by
+    more than 10 % (very thin images), transparent pixels in the input.
 
     \b
     Examples:
@@ -730,13 +733,17 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     with claimed_output(out_dir, "gfm predict", settings, overwrite=overwrite):
         res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, fg_method=fg_method,
                           background=bg_image if bg_image is not None else bg_spec, progress=not quiet,
-                          glance_scale=glance_scale, focus_scale=focus_scale, scale=scale, max_side=max_side or None)
+                          root=input_path if input_path.is_dir() else None, glance_scale=glance_scale,
+                          focus_scale=focus_scale, scale=scale, max_side=max_side or None)
         atomic_write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
                                                "written": len(res.written), "failures": res.failures,
+                                               "warnings": res.warnings,
                                                "seconds": round(res.seconds, 3), "peak_memory_mb": round(res.peak_memory_mb, 1),
                                                "device": str(dev)})
     click.echo(f"{len(res.written)} mattes written to {out_dir}, {len(res.failures)} failed, {res.seconds:.1f} s, "
                f"peak memory {res.peak_memory_mb:.0f} MiB", err=True)
+    for f in res.warnings:
+        click.echo(f"  warning: {f['file']}: {f['warning']}", err=True)
     for f in res.failures:
         click.echo(f"  failed: {f['file']}: {f['reason']}", err=True)
     if not res.written:
@@ -977,10 +984,13 @@ def gfm_profile(backbone, rosta, size, repeats, device, as_json) -> None:
 @click.option("--out-csv", type=click.Path(dir_okay=False, path_type=Path), help="One row per image and a mean row.")
 @click.option("--out-json", type=click.Path(dir_okay=False, path_type=Path), help="Means, counts and failures.")
 @click.option("--error-maps", type=click.Path(file_okay=False, path_type=Path), help="Write a PNG error map per image here.")
+@click.option("--allow-partial", is_flag=True,
+              help="Exit 0 even when some images failed (the mean is then over the scored ones only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None, data_dir: Path | None,
              pred_out: Path | None, trimap_dir: Path | None, protocol: str, trimap_kernel: int,
-             out_csv: Path | None, out_json: Path | None, error_maps: Path | None, quiet: bool) -> None:
+             out_csv: Path | None, out_json: Path | None, error_maps: Path | None, allow_partial: bool,
+             quiet: bool) -> None:
     """Score predicted mattes against ground truth with SAD, MSE, MAD, Grad and Conn.
 
     \b
@@ -996,11 +1006,20 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
       gfm eval --pred preds --gt data/alpha --protocol gfm --out-json scores.json
       gfm eval --pred preds --gt data/alpha --error-maps errs/   # trimaps made from gt
       gfm eval --checkpoint runs/tt/last.pt --data AM-2k/validation --protocol gfm
+
+    \b
+    The summary gives the mean beside "scored N of M". When any image fails (no pair, a
+    duplicate stem, a bad trimap, ...) the exit status is 1 unless --allow-partial.
     """
     import tempfile
 
     from gfm.evaluate import EvalConfig, run_eval, summary_table, write_csv, write_json
 
+    inputs = {k: v for k, v in (("--pred", pred_dir), ("--gt", gt_dir), ("--data", data_dir),
+                                ("--trimap", trimap_dir)) if v is not None}
+    for out in (pred_out, error_maps):  # outputs never overwrite or sit among the inputs
+        if out is not None:
+            check_output_folder(out, inputs)
     if checkpoint is not None:
         if data_dir is None or pred_dir is not None:
             _fail_usage("--checkpoint needs --data (photos with mattes) and no --pred")
@@ -1016,7 +1035,12 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
             _fail_usage(str(exc))
         if not samples:
             _fail_usage(f"--data {data_dir}: no photo with a matte found")
+        if not isinstance(samples[0].image, Path):
+            _fail_usage(f"--data {data_dir}: webdataset shards cannot be evaluated (ground truth is scored from "
+                        "files); compose the evaluation set with --format png, or unpack the shards")
         gt_dir = gt_dir or samples[0].alpha.parent
+        if pred_out is not None:
+            check_output_folder(pred_out, {"--gt": gt_dir})
         pred_dir = pred_out or Path(tempfile.mkdtemp(prefix="gfm-eval-"))
         dev = pick_device("auto")
         try:
@@ -1035,6 +1059,10 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
     click.echo(summary_table(result), err=True)
     if not result.rows:
         click.echo("Error: no image could be scored", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
+    if result.failures and not allow_partial:
+        click.echo(f"Error: {len(result.failures)} of {result.total} images failed, so the mean is not over the "
+                   "whole set; fix them, or pass --allow-partial to accept a partial score", err=True)
         sys.exit(EXIT_NOTHING_MADE)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rssn.imageio import ImageReadError, Matte, atomic_write_bytes, atomic_write_json, read_matte, write_image
+from rssn.imageio import (ImageReadError, Matte, atomic_write_bytes, atomic_write_json, read_matte, read_trimap,
+                          write_image)
 from rssn.layout import files_by_stem
 
 from .metrics import METRIC_COLUMNS, evaluate_dim, evaluate_gfm
@@ -49,26 +50,47 @@ class EvalResult:
     def columns(self) -> tuple[str, ...]:
         return PROTOCOL_COLUMNS[self.protocol]
 
+    @property
+    def total(self) -> int:
+        """Every image considered: scored or failed (the mean is over the scored ones only)."""
+        return len(self.rows) + len(self.failures)
+
     def means(self) -> dict[str, float]:
         if not self.rows:
             return {}
         return {c: float(np.mean([r[c] for r in self.rows])) for c in self.columns}
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    return files_by_stem(folder)[0]
+def _by_stem(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """The image files of ``folder`` by stem, and the stems that several files share (all of
+    them, so neither is picked silently: GT01.jpg beside GT01.png is ambiguous)."""
+    by_stem, failures = files_by_stem(folder)
+    dups: dict[str, list[Path]] = {}
+    for f in failures:
+        p = Path(f.path)
+        dups.setdefault(p.stem, [by_stem[p.stem]]).append(p)
+    return {s: p for s, p in by_stem.items() if s not in dups}, dups
 
 
 def normalise_trimap(values: np.ndarray, path: str | Path) -> np.ndarray:
-    """Map a trimap to exactly 0 / 128 / 255; values near 128 (lossy saving) count as unknown."""
+    """Map a trimap to exactly 0 / 128 / 255; values near 128 (lossy saving) count as unknown.
+
+    Values 1 and 2 are refused, not read as background: they mean a trimap coded 0/1/2, which
+    would otherwise score as all background (SAD 0). A trimap without an unknown pixel is
+    refused too, since every unknown-region metric of it is an empty sum.
+    """
     t = values if values.dtype == np.uint8 else np.rint(values / 257.0).astype(np.uint8)
     out = np.full(t.shape, 128, np.uint8)
     out[t <= 16] = 0
     out[t >= 239] = 255
-    bad = (t > 16) & (t < 96) | (t > 160) & (t < 239)
+    coded = (t == 1) | (t == 2)
+    bad = coded | (t > 16) & (t < 96) | (t > 160) & (t < 239)
     if bad.any():
         vals = np.unique(t[bad])[:8].tolist()
-        raise ImageReadError(path, f"trimap values must be 0, 128 or 255; found {vals} in {int(bad.sum())} pixels")
+        hint = "; it looks coded 0/1/2: save it as 0/128/255" if coded.any() and t.max() <= 2 else ""
+        raise ImageReadError(path, f"trimap values must be 0, 128 or 255; found {vals} in {int(bad.sum())} pixels{hint}")
+    if not (out == 128).any():
+        raise ImageReadError(path, "trimap has no unknown (128) pixel, so every unknown-region metric would be 0")
     return out
 
 
@@ -94,12 +116,15 @@ def score_one(pred_path: Path, gt_path: Path, trimap_path: Path | None, cfg: Eva
         raise ImageReadError(pred_path, f"prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth "
                                         f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}")
     if trimap_path is not None:
-        trimap = normalise_trimap(read_matte(trimap_path).values, trimap_path)
+        trimap = normalise_trimap(read_trimap(trimap_path), trimap_path)
         if trimap.shape != gt.shape:
             raise ImageReadError(trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]}, ground truth is "
                                               f"{gt.shape[1]}x{gt.shape[0]}")
     else:
         trimap = trimap_from_alpha(_to8(gt), cfg.trimap_kernel)
+        if cfg.protocol == "dim" and not (trimap == 128).any():
+            raise ImageReadError(gt_path, "the trimap made from this ground truth has no unknown pixel (an all-0 or "
+                                          "all-1 matte), so every DIM metric would be 0; pass --trimap or leave it out")
     if cfg.protocol == "dim":
         p8, g8 = _to8(pred), _to8(gt)
         metrics = evaluate_dim(p8, g8, trimap)
@@ -122,9 +147,19 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    preds, gts = _by_stem(cfg.pred_dir), _by_stem(cfg.gt_dir)
-    trimaps = _by_stem(cfg.trimap_dir) if cfg.trimap_dir is not None else {}
+    (preds, dup_p), (gts, dup_g) = _by_stem(cfg.pred_dir), _by_stem(cfg.gt_dir)
+    trimaps, dup_t = _by_stem(cfg.trimap_dir) if cfg.trimap_dir is not None else ({}, {})
     result = EvalResult(cfg.protocol)
+    dup_reasons: dict[str, tuple[str, str]] = {}
+    for what, dups in (("trimap", dup_t), ("ground truth", dup_g), ("prediction", dup_p)):
+        for stem, files in dups.items():
+            names = " and ".join(str(f) for f in files)
+            dup_reasons[stem] = (str(files[0]), f"{len(files)} {what} files share the stem {stem!r}: {names}; "
+                                                f"keep one of them")
+    for stem in sorted(dup_reasons):
+        result.failures.append({"name": stem, "file": dup_reasons[stem][0], "reason": dup_reasons[stem][1]})
+    preds = {s: p for s, p in preds.items() if s not in dup_reasons}
+    gts = {s: p for s, p in gts.items() if s not in dup_reasons}
     for stem in sorted(set(gts) - set(preds)):
         result.failures.append({"name": stem, "file": str(gts[stem]), "reason": "no prediction with this stem"})
     for stem in tqdm(sorted(preds), unit="image", disable=not progress, dynamic_ncols=True):
@@ -168,18 +203,20 @@ def write_csv(result: EvalResult, path: Path) -> None:
 
 def write_json(result: EvalResult, path: Path) -> None:
     doc = {"protocol": result.protocol, "means": result.means(), "count": len(result.rows),
-           "failed": len(result.failures), "failures": result.failures, "seconds": round(result.seconds, 3),
+           "total": result.total, "failed": len(result.failures), "failures": result.failures, "seconds": round(result.seconds, 3),
            "images": result.rows}
     atomic_write_json(path, doc)
 
 
 def summary_table(result: EvalResult) -> str:
     cols = result.columns
-    lines = [f"protocol {result.protocol}: {len(result.rows)} images scored, {len(result.failures)} failed, "
-             f"{result.seconds:.2f} s", "  " + "  ".join(f"{c:>10}" for c in cols)]
+    partial = " (PARTIAL: the mean leaves the failed images out)" if result.failures else ""
+    lines = [f"protocol {result.protocol}: scored {len(result.rows)} of {result.total} images, "
+             f"{len(result.failures)} failed, {result.seconds:.2f} s", "  " + "  ".join(f"{c:>10}" for c in cols)]
     means = result.means()
     if means:
-        lines.append("  " + "  ".join(f"{means[c]:>10.5f}" for c in cols))
+        lines.append("  " + "  ".join(f"{means[c]:>10.5f}" for c in cols)
+                     + f"  mean of {len(result.rows)} of {result.total}{partial}")
     for f in result.failures:
         lines.append(f"  failed: {f['file']}: {f['reason']}")
     return "\n".join(lines)

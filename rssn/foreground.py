@@ -6,7 +6,7 @@ import numpy as np
 from .checks import matte_unit, photo8, same_size
 
 FG_METHODS = ("cf", "cf-full", "ml", "none")
-ALGORITHM_VERSION = {"cf": "band-2", "cf-full": "pymatting-1", "ml": "pymatting-1", "none": "1"}
+ALGORITHM_VERSION = {"cf": "band-3", "cf-full": "pymatting-1", "ml": "pymatting-1", "none": "1"}
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, method: str = "cf") -> np.ndarray:

@@ -278,6 +278,37 @@ def read_matte(
         im.close()
 
 
+def read_trimap(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, rgb_tolerance: int = 8) -> np.ndarray:
+    """Read a trimap's grey levels (uint8 HxW, 16-bit files scaled to 8 bits) from its colours.
+
+    Unlike :func:`read_matte`, an alpha channel is never used: a palette trimap with a
+    transparency entry (often the background colour) is read by its palette colours, and an
+    RGBA or LA trimap by its colour channels (R = G = B within ``rgb_tolerance``).
+    """
+    if _png_bit_depth(path) == 16:
+        open_checked(path, max_pixels).close()  # size check only; OpenCV decodes 16-bit colour exactly
+        data = np.frombuffer(path.data, np.uint8) if isinstance(path, MemoryFile) else np.fromfile(str(path), np.uint8)
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ImageReadError(path, "cannot decode 16-bit PNG")
+        grey = arr if arr.ndim == 2 else _grey_from_rgb(arr[..., : 1 if arr.shape[2] == 2 else 3], path, rgb_tolerance * 257)
+        return np.rint(grey / 257.0).astype(np.uint8)
+    im = open_checked(path, max_pixels)
+    try:
+        im = _load(im, path)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return np.rint(read_matte(path, max_pixels=max_pixels).values / 257.0).astype(np.uint8)
+        if im.mode in ("1", "L", "LA", "La"):
+            return np.asarray(im.convert("L")).copy()
+        try:
+            rgb = np.asarray(im.convert("RGB"))  # palette entries by colour, alpha dropped
+        except Exception as exc:
+            raise ImageReadError(path, f"cannot convert trimap mode {im.mode} ({exc})") from None
+        return _grey_from_rgb(rgb, path, rgb_tolerance)
+    finally:
+        im.close()
+
+
 def _read_matte_16(path: str | os.PathLike, max_pixels: int, rgb_tolerance: int) -> Matte:
     im = open_checked(path, max_pixels)  # size check only; OpenCV decodes 16-bit colour exactly
     im.close()

@@ -197,13 +197,16 @@ def test_other_layouts_fg_alpha_and_rgba(tmp_path):
     assert [r["ops"] for r in recs] == [[{"op": "foreground", "method": "ml"}, {"op": "blend"}]] * 2
 
 
-@pytest.mark.parametrize("photo, max_diff", [("GT04", 3.0), ("GT16", 3.0), ("GT02", None)])
-def test_band_closed_form_matches_the_converged_full_solve(photo, max_diff):
+@pytest.mark.parametrize("photo, p999, max_diff", [("GT04", 1.0, 3.0), ("GT16", 1.5, 3.0), ("GT02", 1.0, 4.0)])
+def test_band_closed_form_matches_the_converged_full_solve(photo, p999, max_diff):
     """The band solve against pymatting's full solve at a converged tolerance, on real photos
     360 px high: what is blended, alpha * |F - F_full|, within 1 grey level at the 99.9th
-    percentile and 3 anywhere. GT02's maximum is left out: a few pockets of alpha 0.97 inside
-    its foreground have a background the full system leaves almost free (about -2 on a 0-1
-    scale), and there the two solves differ by up to 10 grey levels."""
+    percentile and 3 anywhere (measured: GT04 0.02 / 1.06). GT16 within 1.5 at the 99.9th
+    percentile (measured 1.13): the weak prior towards the multi-level B where alpha > 0.95
+    moves its large near-opaque fur a little (on synthetic pockets with a known answer it
+    brings F closer to the truth than the full solve, tests/test_band_truth.py). GT02 within 4
+    anywhere (measured 3.41): a few pockets of alpha 0.97 inside its foreground, where the
+    full system leaves B almost free (before the prior and the converged CG: up to 10)."""
     from pymatting import estimate_foreground_cf
 
     from rssn.closed_form_band import estimate_foreground_cf_band, transition_band
@@ -217,9 +220,8 @@ def test_band_closed_form_matches_the_converged_full_solve(photo, max_diff):
     full = estimate_foreground_cf(img, a, rtol=1e-8)
     f, b = estimate_foreground_cf_band(img, a, return_background=True)
     d = a[..., None] * np.abs(f - full) * 255
-    assert np.percentile(d, 99.9) <= 1.0, np.percentile(d, 99.9)
-    if max_diff is not None:
-        assert d.max() <= max_diff, d.max()
+    assert np.percentile(d, 99.9) <= p999, np.percentile(d, 99.9)
+    assert d.max() <= max_diff, d.max()
     outside = ~transition_band(a, 3)
     np.testing.assert_array_equal(f[outside & (a == 1)], img[outside & (a == 1)])  # F is the photo where opaque
     np.testing.assert_array_equal(b[outside & (a == 0)], img[outside & (a == 0)])  # B is the photo where clear

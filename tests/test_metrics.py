@@ -176,7 +176,7 @@ def test_eval_command_reports_bad_pairs_and_scores_the_rest(tmp_path):
     Image.fromarray(bad_tri).save(tri / "GT04.png")
     proc = run_cli("gfm", "eval", "--pred", str(pred), "--gt", str(gt), "--trimap", str(tri), "--quiet",
                    "--out-csv", str(tmp_path / "s.csv"), "--out-json", str(tmp_path / "s.json"),
-                   "--error-maps", str(tmp_path / "maps"))
+                   "--error-maps", str(tmp_path / "maps"), "--allow-partial")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert [r["name"] for r in rows] == ["GT01.png", "mean"]
