@@ -110,19 +110,147 @@ def _source(p):
 
 def choose_crop(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
     """(y, x, size): a square crop of 640, 960 or 1280 (smaller when the image is), centred
-    on a transition pixel half of the time."""
+    on a transition pixel (0 < alpha < full; matte values or a float matte) half of the time."""
     h, w = alpha.shape
+    top = _top_of(alpha)
+    return choose_crop_at(h, w, lambda: _transition_flat(alpha, top), rng)
+
+
+def _transition_flat(alpha: np.ndarray, top: float) -> np.ndarray:
+    """Row-major flat indices of the pixels with 0 < alpha < top (np.nonzero's order)."""
+    return np.flatnonzero((alpha > 0) & (alpha < top))
+
+
+def choose_crop_at(h: int, w: int, transitions, rng: np.random.Generator) -> tuple[int, int, int]:
+    """:func:`choose_crop` for an image of ``h`` x ``w`` whose transition pixels come from
+    ``transitions()`` (row-major flat indices; called only for a centred crop, so a store can
+    keep them precomputed and a folder compute them only when needed)."""
     size = min(int(CROP_SIZES[int(rng.integers(len(CROP_SIZES)))]), h, w)
     centred = rng.random() < 0.5
     u = rng.random(3)
     if centred:
-        ys, xs = np.nonzero((alpha > 0) & (alpha < 1))
-        if len(ys):
-            i = min(int(u[0] * len(ys)), len(ys) - 1)
-            y = int(np.clip(ys[i] - size // 2, 0, h - size))
-            x = int(np.clip(xs[i] - size // 2, 0, w - size))
+        flat = transitions()
+        if len(flat):
+            i = min(int(u[0] * len(flat)), len(flat) - 1)
+            yi, xi = divmod(int(flat[i]), w)
+            y = int(np.clip(yi - size // 2, 0, h - size))
+            x = int(np.clip(xi - size // 2, 0, w - size))
             return y, x, size
     return int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1)), size
+
+
+ROSTA_BITS = {"tt": (0, 3), "ft": (2, 1), "bt": (3, 1)}  # (shift, mask) of each RoSTa's class in a target plane
+
+
+def target_plane(alpha: np.ndarray, rostas: tuple[str, ...] = ("tt", "ft", "bt")) -> np.ndarray:
+    """The glance classes of every RoSTa in ``rostas`` packed into one uint8 plane (bits 0-1:
+    TT class 0/1/2, bit 2: FT mask, bit 3: BT mask), from a float matte in [0, 1]. The focus
+    weight and target follow from these classes and alpha (:func:`window_targets`), so one byte
+    per pixel holds every target of every RoSTa."""
+    from .losses import glance_targets
+
+    out = np.zeros(alpha.shape, np.uint8)
+    for r in rostas:
+        shift, _ = ROSTA_BITS[r]
+        out |= glance_targets(alpha, r)[0].astype(np.uint8) << shift
+    return out
+
+
+def window_targets(bits: np.ndarray, values: np.ndarray, top: int, rosta: str) -> dict[str, np.ndarray]:
+    """The batch targets of a window from its target plane and matte values (uint8/uint16 on
+    the 0..``top`` scale): ``glance`` classes (uint8), ``transition`` weight (uint8 0/1) and
+    ``focus`` target (matte's type and scale), keyed as :func:`gfm.losses.all_glance_targets`."""
+    out = {}
+    for r in (("tt", "ft", "bt") if rosta == "rim" else (rosta,)):
+        shift, mask = ROSTA_BITS[r]
+        cls = (bits >> shift) & mask
+        if r == "tt":
+            weight, focus = cls == 1, values
+        elif r == "ft":
+            weight, focus = (cls == 0) & (values > 0), values
+        else:
+            weight, focus = (cls == 1) & (values < top), np.where(cls == 1, top - values, 0).astype(values.dtype)
+        sfx = "" if rosta != "rim" else f"_{r}"
+        out.update({f"glance{sfx}": cls, f"transition{sfx}": weight.astype(np.uint8), f"focus{sfx}": focus})
+    return out
+
+
+def window_sample(image: np.ndarray, values: np.ndarray, top: int, targets: dict[str, np.ndarray],
+                  fg: np.ndarray | None, bg: np.ndarray | None, size: int, crop: int, flip: bool) -> dict[str, torch.Tensor]:
+    """The tensors of one sample from its crop window (every array ``size`` x ``size``): each
+    plane resized once to ``crop`` and flipped; all integer (uint8, or uint16 for 16-bit mattes),
+    so batches travel small and exact; :func:`to_device` makes the float batch."""
+    out_hw = (crop, crop)
+
+    def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
+        interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size > crop else cv2.INTER_LINEAR)
+        r = cv2.resize(a, out_hw, interpolation=interp)
+        return r[:, ::-1] if flip else r
+
+    img = _chw(rs(image))
+    sample = {"image": img, "alpha": _hw1(rs(values)), "has_fgbg": torch.tensor(fg is not None and bg is not None)}
+    for key, t in targets.items():
+        if key.startswith("glance"):
+            sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t, True)))
+        elif key.startswith("transition"):
+            sample[key] = _hw1(rs(t, True))
+        else:
+            sample[key] = _hw1(rs(t))
+    sample["fg"] = _chw(rs(fg)) if fg is not None else torch.zeros_like(img)
+    sample["bg"] = _chw(rs(bg)) if bg is not None else torch.zeros_like(img)
+    return sample
+
+
+def _scale_of(t: torch.Tensor) -> float:
+    """The top of an integer tensor's scale: 65535 for a 16-bit matte, else 255."""
+    return 65535.0 if t.dtype in (torch.uint16, torch.int32) else 255.0
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str,
+              input_range: str = "imagenet") -> dict[str, torch.Tensor]:
+    """The float batch the model and losses take, made on ``device`` from an integer batch
+    (copied non-blocking: from pinned memory on CUDA it overlaps the previous step):
+    ``image`` normalised for the model, ``image_raw``, ``fg``, ``bg``, ``alpha``, ``focus*`` in
+    [0, 1], ``transition*`` 0/1 float, ``glance*`` int64 classes. Same code on CPU and CUDA."""
+    device = torch.device(device)
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out: dict[str, torch.Tensor] = {"has_fgbg": b["has_fgbg"]}
+    raw = b["image"].float() / 255.0
+    out["image_raw"] = raw
+    if input_range == "imagenet":
+        mean = torch.as_tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.as_tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        out["image"] = (raw - mean) / std
+    elif input_range == "0-255":
+        out["image"] = b["image"].float()
+    else:
+        raise ValueError(f"unknown input range {input_range!r}")
+    for k, v in b.items():
+        if k in ("image", "has_fgbg"):
+            continue
+        if k.startswith("glance"):
+            out[k] = v.long()
+        elif k.startswith("transition"):
+            out[k] = v.float()
+        elif k in ("fg", "bg"):
+            out[k] = v.float() / 255.0
+        elif v.dtype.is_floating_point:
+            out[k] = v
+        else:
+            out[k] = v.float() / _scale_of(v)
+    return out
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack samples into a batch; 8-bit mattes meet 16-bit ones on the 16-bit scale (x 257,
+    exact), so a set may mix them."""
+    out = {}
+    for k in samples[0]:
+        ts = [s[k] for s in samples]
+        if len({t.dtype for t in ts}) > 1:
+            ts = [t.to(torch.int32) * 257 if t.dtype == torch.uint8 else t.to(torch.int32) for t in ts]
+        out[k] = torch.stack(ts)
+    return out
 
 
 def model_input(image: np.ndarray, input_range: str = "imagenet") -> torch.Tensor:
@@ -170,7 +298,13 @@ class MattingDataset(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s crops and flips (call before each epoch; workers see it)."""
         self.epoch = epoch
+
+    @property
+    def names(self) -> list[str]:
+        """The sample names, in index order."""
+        return [s.name for s in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -188,7 +322,7 @@ class MattingDataset(Dataset):
         s = self.samples[index]
         rng = derive_rng(self.seed, "sample", self.epoch, index)
         image = read_image(_source(s.image))
-        alpha = read_matte(_source(s.alpha)).alpha
+        alpha = read_matte(_source(s.alpha)).values
         if alpha.shape != image.shape[:2]:
             raise ImageReadError(s.alpha, f"matte size {alpha.shape[::-1]} differs from the photo's {image.shape[1::-1]}")
         fg = read_image(_source(s.fg)) if s.fg else None
@@ -196,13 +330,16 @@ class MattingDataset(Dataset):
         if (fg is None or bg is None) and self.photo_fgbg_cache is not None:
             from rssn.cache import ImageCache
 
-            fg, bg = photo_foreground_background(image, alpha, ImageCache(self.photo_fgbg_cache))
+            fg, bg = photo_foreground_background(image, alpha.astype(np.float32) / np.float32(_top_of(alpha)),
+                                                 ImageCache(self.photo_fgbg_cache))
         return self.augment(image, alpha, fg, bg, rng)
 
     def augment(self, image: np.ndarray, alpha: np.ndarray, fg: np.ndarray | None, bg: np.ndarray | None,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Crop, resize, flip and make the targets of one sample (from the whole matte, then
-        cropped: a crop edge never invents a transition)."""
+        cropped: a crop edge never invents a transition). ``alpha``: the matte's stored values
+        (uint8 or uint16, batches stay integer) or a float matte in [0, 1]."""
+        top = _top_of(alpha)
         y, x, size = choose_crop(alpha, rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
@@ -211,40 +348,24 @@ class MattingDataset(Dataset):
         m = TARGET_MARGIN
         y0, x0 = max(0, y - m), max(0, x - m)
         around = alpha[y0:y + size + m, x0:x + size + m]
-        targets = {k: t[y - y0:y - y0 + size, x - x0:x - x0 + size]
-                   for k, t in all_glance_targets(around, self.rosta).items()}
-        out_hw = (self.crop, self.crop)
+        rostas = ("tt", "ft", "bt") if self.rosta == "rim" else (self.rosta,)
+        bits = target_plane(around.astype(np.float32) / np.float32(top), rostas)
+        targets = window_targets(bits[y - y0:y - y0 + size, x - x0:x - x0 + size], alpha[win], top, self.rosta)
+        return window_sample(image[win], alpha[win], top, targets, fg[win] if fg is not None else None,
+                             bg[win] if bg is not None else None, size, self.crop, flip)
 
-        def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
-            interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size > self.crop else cv2.INTER_LINEAR)
-            r = cv2.resize(a, out_hw, interpolation=interp)
-            return r[:, ::-1] if flip else r
 
-        img = rs(image[win])
-        sample = {
-            "image": model_input(img, self.input_range),
-            "image_raw": _chw(img),
-            "alpha": _hw1(rs(alpha[win])),
-            "has_fgbg": torch.tensor(fg is not None and bg is not None),
-        }
-        for key, t in targets.items():
-            if key.startswith("glance"):
-                sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t.astype(np.uint8), True))).long()
-            elif key.startswith("transition"):
-                sample[key] = _hw1(rs(t, True))
-            else:
-                sample[key] = _hw1(rs(t))
-        sample["fg"] = _chw(rs(fg[win])) if fg is not None else torch.zeros_like(sample["image_raw"])
-        sample["bg"] = _chw(rs(bg[win])) if bg is not None else torch.zeros_like(sample["image_raw"])
-        return sample
+def _top_of(values: np.ndarray) -> int | float:
+    """Full opacity on a matte's scale: 255 (uint8), 65535 (uint16) or 1.0 (float)."""
+    return {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(values.dtype, 1.0)
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32) / 255.0)
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
 
 def _hw1(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+    return torch.from_numpy(np.ascontiguousarray(a))[None]
 
 
 class OnTheFlyDataset(MattingDataset):
@@ -291,4 +412,4 @@ class OnTheFlyDataset(MattingDataset):
         bg_path = self.backgrounds[int(pick.integers(len(self.backgrounds)))]
         rng = derive_rng(self.seed, "train-composite", self.epoch, item.stem, k)
         image, fg, bg, _ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
-        return self.augment(image, state.matte.alpha, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+        return self.augment(image, state.matte.values, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
