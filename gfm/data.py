@@ -391,6 +391,11 @@ class OnTheFlyDataset(MattingDataset):
     def __len__(self) -> int:
         return len(self.items) * self.per_fg
 
+    @property
+    def names(self) -> list[str]:
+        """``STEM-kK``: the K-th composite of each foreground, in index order."""
+        return [f"{it.stem}-k{k}" for it in self.items for k in range(self.per_fg)]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         for attempt in range(len(self.items)):
             i = (index // self.per_fg + attempt) % len(self.items)
@@ -413,3 +418,43 @@ class OnTheFlyDataset(MattingDataset):
         rng = derive_rng(self.seed, "train-composite", self.epoch, item.stem, k)
         image, fg, bg, _ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
         return self.augment(image, state.matte.values, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+
+
+def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: str = "tt", crop: int = 320,
+                      seed: int = 0, *, fg: str | Path | None = None, bg: str | Path | None = None,
+                      per_fg: int = 5, photo_fgbg: bool = False, cache_dir: str | Path | None = None) -> Dataset:
+    """The training set `gfm train` would see, as a ``torch.utils.data.Dataset``.
+
+    ``path``: a folder (photos with mattes, or `rssn compose` output), webdataset shards, a
+    store written by `gfm pack`, or a list of them (stores are not mixed with folders); or
+    ``fg`` and ``bg`` for composites made on the fly. Every dataset has ``set_epoch(e)``,
+    ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`); batch them with
+    :func:`collate` and make them float on the device with :func:`to_device`.
+    ``photo_fgbg``: closed-form F and B for photos (solved once, kept in ``cache_dir``, the rssn
+    cache by default); a store holds them when it was packed with them.
+    """
+    if fg is not None or bg is not None:
+        if fg is None or bg is None:
+            raise ValueError("fg and bg go together")
+        return OnTheFlyDataset(fg, bg, rosta, crop, seed, per_fg,
+                               {"cache_dir": Path(cache_dir)} if cache_dir else None)
+    if path is None:
+        raise ValueError("give a path (folder, shards or store), or fg and bg")
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    from .store import StoreDataset, is_store
+
+    stores = [p for p in paths if is_store(p)]
+    if stores:
+        if len(stores) != len(paths):
+            raise ValueError("stores and folders cannot be mixed; pack the folders too (`gfm pack`)")
+        return StoreDataset(stores, rosta, crop, seed, photo_fgbg=photo_fgbg)
+    samples: list[Sample] = []
+    for p in paths:
+        samples += find_samples(p)[0]
+    samples, _ = check_samples(samples)
+    cache = None
+    if photo_fgbg:
+        from rssn.compose import default_cache_dir
+
+        cache = str(cache_dir or default_cache_dir())
+    return MattingDataset(samples, rosta, crop, seed, photo_fgbg_cache=cache)

@@ -3,6 +3,7 @@ corrupt samples skipped, one copy of a shared foreground, and the float batch ma
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -167,3 +168,51 @@ def test_device_batch_is_the_float_batch_of_before(tmp_path):
     assert torch.equal(out["alpha"][0], out["alpha"][1])
     assert torch.equal(out["alpha"][0, 0], torch.from_numpy(a8.astype(np.float32) / 255))
     assert out["glance"].dtype == torch.int64 and out["transition"].dtype == torch.float32
+
+
+def test_readme_python_api_runs_as_shown(tmp_path, monkeypatch):
+    """The README's API block, run verbatim on a store packed from real photos: it prints the
+    sample count and names, and the batch it makes is float on the device."""
+    import contextlib
+    import io
+    import re
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"### Python API.*?```python\n(.*?)```", text, re.S).group(1)
+    data = real_photos(tmp_path / "data", scale=0.25)
+    monkeypatch.chdir(tmp_path)
+    pack([str(data)], tmp_path / "train.store", photo_fgbg=False, log=lambda m: None)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"3 {sorted(PHOTOS)}"
+    assert lines[1] == "torch.Size([2, 3, 320, 320]) torch.float32"
+    # a folder opens with the same interface and the same names
+    from gfm.data import open_training_set
+
+    assert open_training_set(data, crop=64).names == sorted(PHOTOS)
+
+
+@pytest.mark.slow
+def test_training_on_the_store_equals_training_on_the_folder_and_logs_loader_time(tmp_path):
+    """Same seed: the store run's losses equal the folder run's, step by step (same batches,
+    same weights on CPU); losses.csv has the data and compute seconds of every step, and each
+    epoch prints its share of time waiting for data."""
+    import csv
+
+    data = real_photos(tmp_path / "data", scale=0.25)
+    run_cli("gfm", "pack", "--data", str(data), "--out", str(tmp_path / "store"), "--no-photo-fgbg", "--quiet",
+            "--workers", "1", check=True)
+    rows = {}
+    for name, src in (("folder", data), ("store", tmp_path / "store")):
+        proc = run_cli("gfm", "train", "--data", str(src), "--out", str(tmp_path / f"run-{name}"), "--pretrained", "none",
+                       "--crop", "64", "--batch-size", "3", "--epochs", "2", "--no-photo-fgbg", "--quiet",
+                       "--device", "cpu", env={"OMP_NUM_THREADS": "1"}, check=True)
+        assert len(re.findall(r"epoch \d: loss [\d.]+, waiting for data \d+% of [\d.]+ s", proc.stderr)) == 2
+        with open(tmp_path / f"run-{name}" / "losses.csv", newline="") as f:
+            rows[name] = list(csv.DictReader(f))
+    assert len(rows["store"]) == 2
+    for a, b in zip(rows["folder"], rows["store"]):
+        assert [a[k] for k in ("loss", "ce", "fusion_alpha")] == [b[k] for k in ("loss", "ce", "fusion_alpha")]
+        assert float(b["data_s"]) >= 0 and float(b["compute_s"]) > 0
