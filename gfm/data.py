@@ -175,27 +175,43 @@ def window_targets(bits: np.ndarray, values: np.ndarray, top: int, rosta: str) -
     return out
 
 
-def window_sample(image: np.ndarray, values: np.ndarray, top: int, targets: dict[str, np.ndarray],
+def nearest_index(size: int, crop: int) -> np.ndarray:
+    """The source row (or column) of each of ``crop`` output pixels in nearest-neighbour scaling
+    of ``size`` pixels: the pixel under each output pixel's centre."""
+    return np.minimum(((np.arange(crop) + 0.5) * (size / crop)).astype(np.intp), size - 1)
+
+
+def window_sample(image: np.ndarray, values: np.ndarray, bits: np.ndarray, rosta: str,
                   fg: np.ndarray | None, bg: np.ndarray | None, size: int, crop: int, flip: bool) -> dict[str, torch.Tensor]:
-    """The tensors of one sample from its crop window (every array ``size`` x ``size``): each
-    plane resized once to ``crop`` and flipped; all integer (uint8, or uint16 for 16-bit mattes),
-    so batches travel small and exact; :func:`to_device` makes the float batch."""
-    out_hw = (crop, crop)
+    """The tensors of one sample from its crop window (every array ``size`` x ``size``; ``bits``
+    its :func:`target_plane`): image, matte, F and B resized once each to ``crop`` (area when
+    shrinking, bilinear when enlarging), classes and focus weights sampled at the nearest pixel
+    (so they are computed on ``crop`` x ``crop`` pixels, not the window), then flipped. All
+    integer (uint8; uint16 for 16-bit mattes), so batches travel small and exact;
+    :func:`to_device` makes the float batch."""
+    interp = cv2.INTER_AREA if size > crop else cv2.INTER_LINEAR
+    top = _top_of(values)
 
-    def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
-        interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size > crop else cv2.INTER_LINEAR)
-        r = cv2.resize(a, out_hw, interpolation=interp)
-        return r[:, ::-1] if flip else r
+    def rs(a: np.ndarray) -> np.ndarray:
+        r = cv2.resize(a, (crop, crop), interpolation=interp)
+        return cv2.flip(r, 1) if flip else r
 
+    rows = nearest_index(size, crop)
+    cols = rows[::-1] if flip else rows
+    near = np.ix_(rows, cols)
     img = _chw(rs(image))
-    sample = {"image": img, "alpha": _hw1(rs(values)), "has_fgbg": torch.tensor(fg is not None and bg is not None)}
-    for key, t in targets.items():
+    alpha = rs(values)
+    sample = {"image": img, "alpha": _hw1(alpha), "has_fgbg": torch.tensor(fg is not None and bg is not None)}
+    for key, t in window_targets(bits[near], values[near], top, rosta).items():
         if key.startswith("glance"):
-            sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t, True)))
+            sample[key] = torch.from_numpy(t)
         elif key.startswith("transition"):
-            sample[key] = _hw1(rs(t, True))
-        else:
-            sample[key] = _hw1(rs(t))
+            sample[key] = _hw1(t)
+        elif key.endswith("bt") or rosta == "bt":  # (1 - alpha) inside the dilated mask: resized itself
+            mask = (bits >> ROSTA_BITS["bt"][0]) & 1
+            sample[key] = _hw1(rs(np.where(mask == 1, top - values, 0).astype(values.dtype)))
+        else:  # TT and FT: the focus target is alpha
+            sample[key] = _hw1(alpha.copy())
     sample["fg"] = _chw(rs(fg)) if fg is not None else torch.zeros_like(img)
     sample["bg"] = _chw(rs(bg)) if bg is not None else torch.zeros_like(img)
     return sample
@@ -350,9 +366,9 @@ class MattingDataset(Dataset):
         around = alpha[y0:y + size + m, x0:x + size + m]
         rostas = ("tt", "ft", "bt") if self.rosta == "rim" else (self.rosta,)
         bits = target_plane(around.astype(np.float32) / np.float32(top), rostas)
-        targets = window_targets(bits[y - y0:y - y0 + size, x - x0:x - x0 + size], alpha[win], top, self.rosta)
-        return window_sample(image[win], alpha[win], top, targets, fg[win] if fg is not None else None,
-                             bg[win] if bg is not None else None, size, self.crop, flip)
+        return window_sample(image[win], alpha[win], bits[y - y0:y - y0 + size, x - x0:x - x0 + size], self.rosta,
+                             fg[win] if fg is not None else None, bg[win] if bg is not None else None, size,
+                             self.crop, flip)
 
 
 def _top_of(values: np.ndarray) -> int | float:

@@ -36,8 +36,8 @@ from rssn.imageio import ImageReadError, atomic_write_json, read_image, read_mat
 from rssn.manifest import Manifest
 from rssn.seeding import derive_rng
 
-from .data import (MattingDataset, Sample, _source, _top_of, check_samples, choose_crop_at, find_samples,
-                   photo_foreground_background, target_plane, window_sample, window_targets)
+from .data import (MattingDataset, Sample, _source, check_samples, choose_crop_at, find_samples,
+                   photo_foreground_background, target_plane, window_sample)
 
 STORE_FORMAT = "gfm-training-store"
 STORE_VERSION = 1
@@ -347,9 +347,7 @@ class StoreDataset(MattingDataset):
         y, x, size = choose_crop_at(rec["h"], rec["w"], lambda: p["trans"], rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
-        values = p["alpha"][win]
-        targets = window_targets(p["bits"][win], values, rec["top"], self.rosta)
         use_fb = "fg" in p and (rec["fg_source"] == "file" or self.photo_fgbg)
-        return window_sample(p["image"][win], values, _top_of(values), targets, p["fg"][win] if use_fb else None,
-                             p["bg"][win] if use_fb else None, size, self.crop, flip)
+        return window_sample(p["image"][win], p["alpha"][win], p["bits"][win], self.rosta,
+                             p["fg"][win] if use_fb else None, p["bg"][win] if use_fb else None, size, self.crop, flip)
 
