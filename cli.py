@@ -168,9 +168,11 @@ def rssn() -> None:
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0), help="Ray: retries of a task whose worker died.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Cache of foreground estimates and BM3D results, shared by runs  [default: ~/.cache/gfm-toolkit]")
-@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webdataset"]), default="png", show_default=True,
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webdataset", "store"]), default="png",
+              show_default=True,
               help="Composites in image/ as PNG or JPEG (mattes, fg and bg are always PNG); webdataset also packs "
-                   "every sample into OUT/shards/shard-NNNNNN.tar.")
+                   "every sample into OUT/shards/shard-NNNNNN.tar; store also packs them into the training store "
+                   "OUT/store (`gfm train --data OUT/store`).")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per webdataset shard.")
 @click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9), help="PNG compression level (1 is fast).")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100))
@@ -238,6 +240,12 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
     if s.made + s.skipped_existing == 0:
         click.echo("Error: no composite could be made", err=True)
         sys.exit(EXIT_NOTHING_MADE)
+    if cfg.image_format == "store":  # the composites (PNG, as --format png) packed for training
+        from gfm.store import pack
+
+        with held_output(out_dir, "rssn compose"):
+            pack([str(out_dir)], out_dir / "store", photo_fgbg=False, workers=cfg.workers, executor=cfg.executor,
+                 ray_address=cfg.ray_address, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
 
 
 @rssn.command("denoise")

@@ -216,3 +216,25 @@ def test_training_on_the_store_equals_training_on_the_folder_and_logs_loader_tim
     for a, b in zip(rows["folder"], rows["store"]):
         assert [a[k] for k in ("loss", "ce", "fusion_alpha")] == [b[k] for k in ("loss", "ce", "fusion_alpha")]
         assert float(b["data_s"]) >= 0 and float(b["compute_s"]) > 0
+
+
+def test_rssn_compose_format_store_writes_a_store_with_one_foreground_copy_per_foreground(tmp_path):
+    """`rssn compose --format store` packs its composites into OUT/store: K composites of a
+    foreground share one matte and foreground plane (no BM3D: the same pixels), and the store
+    gives the folder's tensors."""
+    from .helpers import make_tiny_set
+
+    fg, bg = make_tiny_set(tmp_path / "in", n_fg=2, n_bg=3)
+    out = tmp_path / "comp"
+    run_cli("rssn", "compose", "--fg", str(fg), "--bg", str(bg), "--out", str(out), "--per-fg", "3",
+            "--fg-method", "none", "--denoise-p", "0", "--workers", "1", "--quiet", "--format", "store",
+            "--cache", str(tmp_path / "cache"), check=True)
+    store = TrainingStore(out / "store")
+    assert len(store.records) == 6
+    assert len({r["planes"]["fg"] for r in store.records}) == len({r["planes"]["alpha"] for r in store.records}) == 2
+    folder = folder_dataset(out, "ft", 64, 1, None)
+    sd = StoreDataset([store], "ft", 64, 1)
+    assert sd.names == folder.names
+    for i in range(len(sd)):
+        a, b = folder[i], sd[i]
+        assert all(torch.equal(a[k], b[k]) for k in a)
