@@ -307,6 +307,22 @@ class TrainingStore:
             self._mm = np.memmap(self.path / PIXELS, np.uint8, "r")
         return np.ndarray(shape, dtype, buffer=self._mm, offset=offset)
 
+    def release(self, rec: dict[str, Any]) -> None:
+        """Unmap the pages of one record's planes from this process (MADV_DONTNEED): they stay in
+        the page cache for the next reader, but a worker's RSS does not grow with the store."""
+        import mmap
+
+        if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        h, w, p = rec["h"], rec["w"], rec["planes"]
+        spans = [(p["image"], h * w * 3), (p["alpha"], h * w * (2 if rec["top"] == 65535 else 1)),
+                 (p["bits"], h * w), (p["trans"][0], 4 * p["trans"][1])]
+        if p.get("fg") is not None:
+            spans += [(p["fg"], h * w * 3), (p["bg"], h * w * 3)]
+        for off, n in spans:
+            if n:
+                self._mm._mmap.madvise(mmap.MADV_DONTNEED, off, min(n, len(self._mm) - off))
+
     def planes(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
         """Views (no reading yet) of one record's planes."""
         h, w, p = rec["h"], rec["w"], rec["planes"]
@@ -352,6 +368,9 @@ class StoreDataset(MattingDataset):
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
         use_fb = "fg" in p and (rec["fg_source"] == "file" or self.photo_fgbg)
-        return window_sample(p["image"][win], p["alpha"][win], p["bits"][win], self.rosta,
+        out = window_sample(p["image"][win], p["alpha"][win], p["bits"][win], self.rosta,
                              p["fg"][win] if use_fb else None, p["bg"][win] if use_fb else None, size, self.crop, flip)
+        del p
+        self.stores[k].release(rec)
+        return out
 
