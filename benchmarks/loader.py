@@ -178,7 +178,7 @@ def train_e2e(root: Path, device: str, workers: int, steps: int, batch: int, cro
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        float(loss)
+        float(loss.detach())  # waits for the device: the step ends here
         t_done = time.perf_counter()
         if step:  # the first step warms up
             wait += t_got - t_ready
@@ -220,7 +220,7 @@ def main() -> None:
         print(f"pack: {summary.seconds:.1f} s for {summary.samples} samples (one process); bytes per sample: "
               f"store {store / 1e6:.1f} MB, PNG level 1 {png / 1e6:.1f} MB ({store / png:.2f}x)")
         results = {}
-        for path in args.paths.split(","):
+        for path in [p for p in args.paths.split(",") if p]:
             proc = subprocess.run([sys.executable, __file__, "--_measure", path, "--_root", str(root),
                                    "--seconds", str(args.seconds), "--crop", str(args.crop)],
                                   capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -229,10 +229,12 @@ def main() -> None:
                 continue
             results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
         base = results.get("folder", {}).get("samples_per_s")
-        print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; one process, one thread, "
-              f"crop -> {args.crop}")
-        print("| path | samples/s per core | vs folder | MB read from disk per sample | RSS before MB | peak RSS MB | RssAnon MB |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        if results:
+            print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; one process, one thread, "
+                  f"crop -> {args.crop}")
+            print("| path | samples/s per core | vs folder | MB read from disk per sample | RSS before MB | peak RSS MB "
+                  "| RssAnon MB |")
+            print("| --- | --- | --- | --- | --- | --- | --- |")
         for path, r in results.items():
             ratio = f"{r['samples_per_s'] / base:.1f}x" if base else "-"
             print(f"| {path} | {r['samples_per_s']:.1f} | {ratio} | {r['read_bytes_per_sample'] / 1e6:.1f} | "
@@ -240,7 +242,7 @@ def main() -> None:
         if args.device:
             r = train_e2e(root, args.device, args.workers, args.steps, args.batch, args.crop)
             print(f"\nend to end on {r['device']}: {r['workers']} workers, batch {r['batch']}: "
-                  f"{r['train_samples_per_s']:.0f} training samples/s, device busy {r['busy_share']:.0%} of the time")
+                  f"{r['train_samples_per_s']:.1f} training samples/s, device busy {r['busy_share']:.0%} of the time")
 
 
 if __name__ == "__main__":
