@@ -3,6 +3,11 @@
 Every random choice of a sample (crop size and place, flip) comes from a generator derived
 from (seed, epoch, index), so an epoch is the same whatever the number of loader workers and
 a resumed run sees exactly the data the uninterrupted one would have.
+
+Samples are integer tensors (uint8; uint16 for 16-bit mattes): they cross process boundaries
+and the host-device copy at a quarter of float32's bytes, and :func:`to_device` makes the float
+batch (ImageNet normalisation included) on the training device. Folders, shards and stores
+(`gfm.store`) share :func:`window_sample`, so they give equal tensors for equal draws.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from rssn.imageio import ImageReadError, read_image, read_matte
 from rssn.layout import LayoutError, files_by_stem, find_foregrounds
 from rssn.seeding import derive_rng
 
-from .losses import FT_BT_KERNEL, all_glance_targets
+from .losses import FT_BT_KERNEL
 
 CROP_SIZES = (640, 960, 1280)
 TARGET_MARGIN = FT_BT_KERNEL  # more than the reach of the largest target kernel
