@@ -293,10 +293,9 @@ class TrainingStore:
             raise StoreError(f"{self.path}: {PIXELS} holds {size} bytes, {COMPLETE} says "
                              f"{complete.get('pixels_bytes')}; rebuild it with `{rebuild} --overwrite`")
         self.header = header
-        recs = [r for r in Manifest(self.path / RECORDS) if r["key"].startswith("sample:")]
-        self.records = sorted(recs, key=lambda r: r["order"])
-        self.failures = [(r["path"], r["reason"]) for r in Manifest(self.path / RECORDS)
-                         if r["key"].startswith("failure:")]
+        manifest = Manifest(self.path / RECORDS)  # complete, so compacted: loading it writes nothing
+        self.records = sorted((r for r in manifest if r["key"].startswith("sample:")), key=lambda r: r["order"])
+        self.failures = [(r["path"], r["reason"]) for r in manifest if r["key"].startswith("failure:")]
         self._mm: np.memmap | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # workers map the file themselves
