@@ -29,6 +29,8 @@ GUARDS: dict[str, list[str]] = {
     "rssn.audit.MEASURES_VERSION": ["rssn.measures"],
     "rssn.card.CARD_VERSION": ["rssn.card"],
     "gfm.checkpoint.CHECKPOINT_FORMAT": ["gfm.model.ModelConfig", "gfm.model.GFM", "gfm.checkpoint.load_checkpoint"],
+    "gfm.store.STORE_VERSION": ["gfm.store.decode_sample", "gfm.store._PlaneWriter", "gfm.store.pack",
+                                "gfm.store.TrainingStore"],
     "gfm.export.ONNX_FORMAT_VERSION": ["gfm.export._Exported", "gfm.export.export_onnx", "gfm.export.output_names",
                                        "gfm.export.SizeFreeAdaptiveAvgPool2d"],
 }
