@@ -22,6 +22,7 @@ A store on a shared folder serves every rank of a torchrun job: each maps the sa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import time
@@ -32,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rssn.imageio import ImageReadError, atomic_write_json, read_image, read_matte
+from rssn.imageio import ImageReadError, atomic_write_bytes, atomic_write_json, read_image, read_matte
 from rssn.manifest import Manifest
 from rssn.seeding import derive_rng
 
@@ -173,6 +174,7 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
         s, f = find_samples(d)
         samples += s
         failures += f
+    attribution = carry_provenance(sources, out)
     samples, bad = check_samples(samples)
     failures += bad
     manifest = Manifest(out / RECORDS)
@@ -208,6 +210,8 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
         rec = {"key": f"sample:{s.name}", "name": s.name, "order": i, "h": h, "w": w, "top": d["top"],
                "fg_source": d["fg_source"], "planes": planes, "extents": extents,
                "alpha_hash": d["alpha_hash"], "fg_hash": d["fg_hash"], "source_bytes": d["source_bytes"]}
+        if s.name in attribution:
+            rec["attribution"] = attribution[s.name]
         manifest.append(rec)
         manifest.discard(f"failure:{s.name}")
         alphas.setdefault(d["alpha_hash"], planes)
@@ -257,6 +261,34 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
         f"{store_b / 1e6:.2f} MB per sample in the store, {src_b / 1e6:.2f} MB in the source files "
         f"({store_b / max(src_b, 1):.2f}x)")
     return summary
+
+
+PROVENANCE_FILES = ("DATASET.md", "dataset.json", "ATTRIBUTION.csv")
+
+
+def carry_provenance(sources: list[str], out: Path) -> dict[str, dict[str, Any]]:
+    """The attribution of every composite of the ``rssn compose`` outputs among ``sources``
+    (``{id: {"fg": ..., "bg": ...}}``, from their manifests), and their dataset cards and
+    ATTRIBUTION.csv copied to ``out/sources/NN/`` (NN the source's position), so the store
+    carries the terms its data came under."""
+    found: dict[str, dict[str, Any]] = {}
+    for n, src in enumerate(sources):
+        root = Path(src)
+        if (root / "manifest.jsonl").is_file():  # read, never rewritten: the source is an input
+            for line in (root / "manifest.jsonl").read_bytes().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill of the compose run
+                if isinstance(rec, dict) and rec.get("type") == "composite" and \
+                        ("attribution" in rec.get("fg", {}) or "attribution" in rec.get("bg", {})):
+                    found[rec["id"]] = {"fg": rec["fg"].get("attribution"), "bg": rec["bg"].get("attribution")}
+        for name in PROVENANCE_FILES:
+            if (root / name).is_file():
+                dest = out / "sources" / f"{n:02d}" / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(dest, (root / name).read_bytes())
+    return found
 
 
 def _read_json(path: Path) -> dict[str, Any]:

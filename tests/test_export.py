@@ -169,3 +169,18 @@ def test_the_readme_plain_python_example_gives_the_toolkit_matte(exported, tmp_p
     a = read_matte(tmp_path / "alpha.png").values.astype(int)
     b = read_matte(tmp_path / "cli" / "photo.png").values.astype(int)
     assert a.shape == b.shape and (np.abs(a - b) <= 1).mean() >= 0.999
+
+
+def test_en_median_mixes_onnx_and_pytorch_checkpoints(exported, tmp_path):
+    """Several checkpoints make the EN-median whatever their kind: an ONNX export beside the
+    PyTorch checkpoint it came from gives (nearly) that model's own matte."""
+    photo = shared("alphamatting") / "image" / "GT05.png"
+    p = run_cli("gfm", "predict", "--checkpoint", str(exported["onnx"]), "--checkpoint", str(exported["ckpt"]),
+                "--input", str(photo), "--out", str(tmp_path / "en"), "--quiet", "--device", "cpu", "--scale", "0.25")
+    assert p.returncode == 0, p.stderr
+    q = run_cli("gfm", "predict", "--checkpoint", str(exported["ckpt"]), "--input", str(photo), "--out",
+                str(tmp_path / "one"), "--quiet", "--device", "cpu", "--scale", "0.25")
+    assert q.returncode == 0, q.stderr
+    a = read_matte(tmp_path / "en" / "GT05.png").values.astype(int)
+    b = read_matte(tmp_path / "one" / "GT05.png").values.astype(int)
+    assert (np.abs(a - b) <= 1).mean() >= 0.999

@@ -112,6 +112,16 @@ def test_attribution_follows_each_composite_and_card_counts_match(built, tmp_pat
     if "cc-by-4.0" in got:
         assert f"{got['cc-by-4.0'][0]} backgrounds CC BY 4.0 ({got['cc-by-4.0'][1]} composites): attribution required, see ATTRIBUTION.csv" in card
     assert not [t for t in facts["terms"] if t["kind"] == "bm3d"]  # --denoise-p 0: no bm3d note
+    # the training store carries the same records, and the card and ATTRIBUTION.csv of its source
+    store = tmp_path / "store"
+    run_cli("gfm", "pack", "--data", str(out), "--out", str(store), "--workers", "1", "--quiet", check=True)
+    packed = [json.loads(l) for l in (store / "samples.jsonl").read_text().splitlines()]
+    packed = {r["name"]: r for r in packed if r["key"].startswith("sample:")}
+    assert set(packed) == set(comps)
+    for cid, rec in comps.items():
+        assert packed[cid]["attribution"] == {"fg": rec["fg"]["attribution"], "bg": rec["bg"]["attribution"]}
+    for name in ("DATASET.md", "dataset.json", "ATTRIBUTION.csv"):
+        assert (store / "sources" / "00" / name).read_bytes() == (out / name).read_bytes()
 
 
 @pytest.mark.slow
