@@ -21,10 +21,11 @@ import hashlib
 import os
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -479,25 +480,53 @@ def shape_batches(ids: list[str], sizes: dict[str, tuple[int, int]], batch: int)
 
 
 def _fetch_bounded(urls: list[str], cfg: BuildConfig, policy: FetchPolicy | None = None):
-    """Fetched results as they complete, with at most DOWNLOADS_IN_FLIGHT_PER_WORKER x
-    download_workers URLs submitted at a time, so memory does not grow with the list, and at
-    most cfg.max_per_host connections to one host at a time."""
+    """Fetched results as they complete. At most cfg.max_per_host URLs of one host and
+    download_workers URLs in all are in flight, and at most DOWNLOADS_IN_FLIGHT_PER_WORKER x
+    download_workers more are read ahead of them, so memory does not grow with the list. A URL
+    whose host is busy waits in the read-ahead while URLs of other hosts go first, so that a
+    thread never idles on one busy host (a redirect onto a busy host waits in `fetch`)."""
     window = DOWNLOADS_IN_FLIGHT_PER_WORKER * cfg.download_workers
     policy = policy or fetch_policy(cfg)
     slots = HostSlots(cfg.max_per_host)
     it = iter(urls)
+    waiting: dict[str, deque[str]] = {}  # read ahead, by host, in list order
+    busy: Counter = Counter()  # in flight, by host
+    pending: dict[cf.Future, str] = {}  # future -> its host
     with cf.ThreadPoolExecutor(cfg.download_workers) as pool:
-        def submit(n: int) -> set:
-            return {pool.submit(fetch, u, timeout=cfg.timeout, max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects,
-                                retries=cfg.retries, policy=policy, slots=slots) for _, u in zip(range(n), it)}
+        def fill() -> None:
+            n_waiting = sum(map(len, waiting.values()))
+            for u in it if n_waiting < window else ():
+                waiting.setdefault(_host_key(u), deque()).append(u)
+                n_waiting += 1
+                if n_waiting >= window:
+                    break
+            for h in list(waiting):
+                q = waiting[h]
+                while q and busy[h] < cfg.max_per_host and len(pending) < cfg.download_workers:
+                    fut = pool.submit(fetch, q.popleft(), timeout=cfg.timeout, max_bytes=cfg.max_bytes,
+                                      max_redirects=cfg.max_redirects, retries=cfg.retries, policy=policy, slots=slots)
+                    pending[fut] = h
+                    busy[h] += 1
+                if not q:
+                    del waiting[h]
 
-        pending = submit(window)
+        fill()
         while pending:
-            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            pending |= submit(len(done))
+            done, _ = cf.wait(set(pending), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                busy[pending.pop(fut)] -= 1
+            fill()
             for fut in done:
                 yield fut.result()
             del done, fut  # no reference to a finished body outlives its turn
+
+
+def _host_key(url: str) -> str:
+    """The host an URL's connections go to first (as `download.HostSlots` names it)."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def _download_path(out: Path, url: str) -> Path:

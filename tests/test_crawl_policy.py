@@ -244,6 +244,44 @@ def test_no_more_than_n_connections_reach_one_host(site):
     assert 1 <= peak[0] <= 2  # without the cap, 8 workers put up to 8 requests at once on the host
 
 
+def test_a_busy_host_does_not_hold_up_the_others(site):
+    """Each request to 127.0.0.1 is held until both requests to localhost (the same server by
+    another host name) have arrived: they can only arrive if URLs of a host at its cap wait
+    in the read-ahead instead of occupying the download threads (5 s fallback: a failure)."""
+    both_seen, seen = threading.Event(), []
+    released = []
+
+    def busy(handler):
+        released.append(both_seen.wait(5))
+        _send(handler, _image(8))
+
+    def other(handler):
+        seen.append(handler.path)
+        if len(seen) == 2:
+            both_seen.set()
+        _send(handler, _image(9))
+
+    port = site.server.server_address[1]
+    urls = []
+    for k in range(6):
+        site.routes[f"/a{k}.jpg"] = busy
+        urls.append(f"http://127.0.0.1:{port}/a{k}.jpg")
+    for k in range(2):
+        site.routes[f"/b{k}.jpg"] = other
+        urls.append(f"http://localhost:{port}/b{k}.jpg")
+    cfg = BuildConfig(out_dir=None, download_workers=4, max_per_host=1, allow_private_networks=True, timeout=30)
+    results = list(_fetch_bounded(urls, cfg))
+    assert all(r.ok for r in results) and len(results) == 8
+    assert released == [True] * 6
+
+
+def _send(handler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def test_retry_after_seconds_and_dates():
     assert retry_after_seconds("2") == 2.0 and retry_after_seconds(" 120 ") == 120.0
     now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
