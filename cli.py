@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
 import click
 
+from bg20k.download import DEFAULT_DISALLOWED_DIRECTIVES as DEFAULT_DIRECTIVES
 from rssn.denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
 from rssn.denoise import PROFILES as DENOISE_PROFILES
 
@@ -466,10 +468,19 @@ def bg20k() -> None:
 @click.option("--max-bytes", default=50_000_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-redirects", default=5, show_default=True, type=click.IntRange(min=0))
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--allow-private-networks", is_flag=True,
+              help="Also fetch URLs whose host is loopback, private, link-local or otherwise not globally routable "
+                   "(an intranet crawl). Off by default: a crawl list from the web must not reach your network.")
+@click.option("--disallowed-header-directives", "directives", default=",".join(DEFAULT_DIRECTIVES), show_default=True,
+              help="X-Robots-Tag directives that opt an image out (comma-separated; '' honours none).")
+@click.option("--user-agent-contact", default=None, metavar="URL",
+              help="A page or mailto: address added to the user agent, so that hosts can reach you.")
+@click.option("--max-per-host", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Connections open to one host at a time, across all download workers.")
 @overwrite_option
 @click.option("--quiet", is_flag=True)
 def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, workers, overwrite, quiet, licenses,
-                **opts) -> None:
+                directives, user_agent_contact, **opts) -> None:
     """Build OUT/train and OUT/testval from folders and/or URL lists.
 
     \b
@@ -497,6 +508,14 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
       bg20k build --urls crawl.txt --urls more.csv --out bg --classes person,bird,car
       bg20k build --src ~/photos --out bg --decisions decisions.csv  # downloaded from review.html
       bg20k build --urls crawl.csv --out bg --licenses cc0,cc-by       # open licences only
+      bg20k build --urls crawl.csv --out bg --user-agent-contact mailto:me@example.org
+
+    \b
+    Crawling responsibly (defaults): no URL whose host is not globally routable (each redirect
+    and the address connected to are checked; --allow-private-networks for an intranet);
+    X-Robots-Tag noai, noimageai, noindex, noimageindex honoured; user agent
+    gfm-toolkit-bg20k/<version>; at most --max-per-host connections per host; Retry-After on
+    429 and 503 honoured within the URL's deadline.
     """
     from bg20k.build import BuildConfig, run_build
     from bg20k.screen import DetectorError
@@ -509,9 +528,17 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
         allowed = parse_allowed(licenses) if licenses is not None else None
     except ValueError as exc:
         _fail_usage(str(exc))
+    wanted = tuple(dict.fromkeys(d.strip().lower() for d in directives.split(",") if d.strip()))
+    bad = [d for d in wanted if not re.fullmatch(r"[a-z0-9_-]+", d)]
+    if bad:
+        _fail_usage(f"--disallowed-header-directives: {bad[0]!r} is not a directive name (letters, digits, - and _)")
+    if user_agent_contact is not None and (not re.fullmatch(r"(https?://|mailto:)\S+", user_agent_contact)
+                                           or any(ord(c) < 32 or ord(c) == 127 for c in user_agent_contact)):
+        _fail_usage(f"--user-agent-contact {user_agent_contact!r}: give an http(s):// or mailto: address, no spaces")
     check_output_folder(out_dir, {f"--src {d}": d for d in src_dirs})
     check_writable(out_dir)
     cfg = BuildConfig(out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
+                      disallowed_header_directives=wanted, user_agent_contact=user_agent_contact,
                       screen=not no_screen, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
                       workers=workers or os.cpu_count() or 1, licenses=allowed, **opts)
     from bg20k.build import byte_settings
@@ -533,6 +560,8 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
         ("near duplicates", c["rejected_near_duplicate"]), ("salient objects", c["rejected_salient_object"]),
         ("too small", c["rejected_resolution"]), ("transparent", c["rejected_transparency"]),
         ("licence", c["rejected_license"]),
+        ("opted out (X-Robots-Tag)", c["rejected_opt_out"]),
+        ("refused: private network", c["rejected_private_network"]),
         ("failed", c["failed_decode"] + c["failed_download"]),
         ("seconds", f"{stats.seconds['total']:.1f}"), ("review", out_dir / "review.html"),
         ("attribution", out_dir / "ATTRIBUTION.csv"),

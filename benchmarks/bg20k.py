@@ -46,8 +46,9 @@ def make_jpegs(folder: Path, n: int) -> None:
         cv2.imwrite(str(folder / f"img{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
-def rss_per_urls(counts: list[int], workers: int) -> None:
-    """Peak RSS of `run_build` (its own process) for each URL count."""
+def rss_per_urls(counts: list[int], workers: int, max_per_host: int = 16) -> None:
+    """Peak RSS of `run_build` (its own process) for each URL count (one loopback host: private
+    networks allowed, and 16 connections to it unless --max-per-host says otherwise)."""
     import subprocess
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,7 +76,7 @@ def rss_per_urls(counts: list[int], workers: int) -> None:
     child = ("import resource, sys, time; from pathlib import Path; from bg20k.build import BuildConfig, run_build; "
              "t = time.perf_counter(); "
              "s = run_build(BuildConfig(out_dir=Path(sys.argv[1]), url_files=(Path(sys.argv[2]),), screen=False, "
-             "workers=int(sys.argv[3])), progress=False); "
+             "workers=int(sys.argv[3]), allow_private_networks=True, max_per_host=int(sys.argv[4])), progress=False); "
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t, "
              "s.counts['rejected_resolution'])")
     root = str(Path(__file__).resolve().parents[1])
@@ -85,7 +86,8 @@ def rss_per_urls(counts: list[int], workers: int) -> None:
             try:
                 (tmp / "urls.txt").write_text("".join(f"{base}/{k}.jpg\n" for k in range(n)))
                 env = {**os.environ, "PYTHONPATH": root}
-                out = subprocess.run([sys.executable, "-c", child, str(tmp / "out"), str(tmp / "urls.txt"), str(workers)],
+                out = subprocess.run([sys.executable, "-c", child, str(tmp / "out"), str(tmp / "urls.txt"), str(workers),
+                                      str(max_per_host)],
                                      capture_output=True, text=True, env=env, check=True).stdout.split()
                 rss_kb, secs, rejected = int(out[0]), float(out[1]), int(out[2])
                 print(f"  {n:>7,} URLs (100 kB each): peak RSS {rss_kb / 1024:7.1f} MB, {secs:7.1f} s, "
@@ -128,11 +130,12 @@ def main() -> None:
     ap.add_argument("--skip-1m", action="store_true")
     ap.add_argument("--rss", default=None, help="comma-separated URL counts, e.g. 1000,10000,50000: peak RSS only")
     ap.add_argument("--skewed", type=int, default=None, help="hash count for the skewed dedup case only")
+    ap.add_argument("--max-per-host", type=int, default=16, help="--rss: connections to the one loopback host")
     args = ap.parse_args()
     if args.rss or args.skewed:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
         if args.rss:
-            rss_per_urls([int(v) for v in args.rss.split(",")], args.workers)
+            rss_per_urls([int(v) for v in args.rss.split(",")], args.workers, args.max_per_host)
         if args.skewed:
             skewed_dedup(args.skewed)
         return

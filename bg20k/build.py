@@ -21,10 +21,11 @@ import hashlib
 import os
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -35,7 +36,9 @@ from rssn.imageio import (
 from rssn.manifest import Manifest
 
 from .dedup import assign_groups, hash_to_int
-from .download import ATTRIBUTION_FIELDS, fetch, read_url_records
+from .download import (
+    ATTRIBUTION_FIELDS, DEFAULT_DISALLOWED_DIRECTIVES, FetchPolicy, HostSlots, fetch, read_url_records, user_agent,
+)
 from .licenses import license_rejection
 from .screen import Detection, Detector, rejecting_detection
 
@@ -75,10 +78,17 @@ class BuildConfig:
     require_license: bool = False
     licenses: tuple[str, ...] | None = None
     chroma: str = "444"
+    allow_private_networks: bool = False
+    disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
+    user_agent_contact: str | None = None
+    max_per_host: int = 2
 
 
+# the crawl policy is re-applied on every run (see _done), so changing it never blocks a re-run
 RUN_ONLY_SETTINGS = ("out_dir", "workers", "executor", "ray_address", "download_workers", "timeout", "max_bytes",
-                     "max_redirects", "retries", "detect_batch")
+                     "max_redirects", "retries", "detect_batch", "allow_private_networks",
+                     "disallowed_header_directives", "user_agent_contact", "max_per_host")
+POLICY_STAGES = ("private_network", "opt_out")  # refusals by the crawl policy (manifest stages)
 
 
 def byte_settings(cfg: BuildConfig) -> dict:
@@ -184,7 +194,15 @@ def _source_list(cfg: BuildConfig) -> tuple[list[tuple[str, str | None]], dict[s
     return uniq, attribution
 
 
-def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
+def fetch_policy(cfg: BuildConfig, resolve=None, connect=None) -> FetchPolicy:
+    """The crawl policy of a build (``resolve`` / ``connect``: a stub network, for tests)."""
+    extra = {k: v for k, v in (("resolve", resolve), ("connect", connect)) if v is not None}
+    return FetchPolicy(allow_private=cfg.allow_private_networks,
+                       disallowed_directives=tuple(cfg.disallowed_header_directives),
+                       user_agent=user_agent(cfg.user_agent_contact), **extra)
+
+
+def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, connect=None) -> Stats:
     from tqdm import tqdm
 
     t_all = time.perf_counter()
@@ -216,7 +234,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     todo_urls = []
     for s, p in sources:
         if p is None and s not in barred:
-            if not _done(manifest, s, out):
+            if not _done(manifest, s, out, cfg):
                 todo_urls.append(s)
             elif _download_path(out, s).exists():  # prepared, but killed before its download was removed
                 _download_path(out, s).unlink()
@@ -230,13 +248,17 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
             to_fetch.append(u)
     if to_fetch:
         bar = tqdm(total=len(to_fetch), desc="download", unit="url", disable=not progress, dynamic_ncols=True)
-        for r in _fetch_bounded(to_fetch, cfg):
+        for r in _fetch_bounded(to_fetch, cfg, fetch_policy(cfg, resolve, connect)):
             if r.ok and r.data:
                 p = _download_path(out, r.url)
                 atomic_write_bytes(p, r.data)
                 r.data = None  # the body is on disk: release it now, not when the pool closes
                 fetched_paths[r.url] = str(p)
                 manifest.append({"key": f"download:{r.url}", "type": "download", "path": p.name, **r.record()})
+            elif r.code in POLICY_STAGES:  # refused by the crawl policy: rejected, not failed
+                manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "rejected",
+                                 "stage": r.code, "reason": r.error, "download": r.record(),
+                                 "attribution": attribution.get(r.url, {})})
             else:
                 manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "failed",
                                  "stage": "download", "reason": r.error or "empty body", "download": r.record(),
@@ -251,7 +273,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     t = time.perf_counter()
     jobs = []
     for s, p in sources:
-        if s in barred or _done(manifest, s, out):
+        if s in barred or _done(manifest, s, out, cfg):
             continue
         path = p if p is not None else fetched_paths.get(s)
         if path is not None:
@@ -376,11 +398,14 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
             manifest.append({"key": f"placed:{i}", "type": "placed", "id": i, "split": verdicts[i]["split"]})
 
     # -- report
+    opted_out = []
     for rec in manifest:
         if rec["type"] == "source" and rec["source"] in current:
             if rec["status"] in ("failed", "rejected"):
                 stats.counts[f"{rec['status']}_{rec.get('stage', 'decode')}"] += 1
-                stats.reasons[_reason_class(rec["reason"])] += 1
+                stats.reasons[rec["stage"] if rec.get("stage") in POLICY_STAGES else _reason_class(rec["reason"])] += 1
+            if rec.get("stage") == "opt_out":
+                opted_out.append(_opt_out_card(rec, attribution.get(rec["source"], {})))
     stats.counts["exact_duplicate_sources"] = len(exact_dups)
     for v in verdicts.values():
         if v["verdict"] == "rejected":
@@ -398,8 +423,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print) -> Stats:
     write_attribution(out / "ATTRIBUTION.csv", [verdicts[i] for i in sorted(kept)])
     from .review import write_review
 
-    failed = [r for r in manifest if r["type"] == "source" and r["source"] in current and r["status"] != "candidate"]
-    write_review(out, [verdicts[i] for i in all_ids], failed)
+    failed = [r for r in manifest if r["type"] == "source" and r["source"] in current and r["status"] != "candidate"
+              and r.get("stage") != "opt_out"]  # opted-out sources are locked cards instead
+    write_review(out, [verdicts[i] for i in all_ids] + opted_out, failed)
     manifest.compact()
     return stats
 
@@ -453,23 +479,54 @@ def shape_batches(ids: list[str], sizes: dict[str, tuple[int, int]], batch: int)
     return [g[k : k + batch] for _, g in sorted(by_size.items()) for k in range(0, len(g), batch)]
 
 
-def _fetch_bounded(urls: list[str], cfg: BuildConfig):
-    """Fetched results as they complete, with at most DOWNLOADS_IN_FLIGHT_PER_WORKER x
-    download_workers URLs submitted at a time, so memory does not grow with the list."""
+def _fetch_bounded(urls: list[str], cfg: BuildConfig, policy: FetchPolicy | None = None):
+    """Fetched results as they complete. At most cfg.max_per_host URLs of one host and
+    download_workers URLs in all are in flight, and at most DOWNLOADS_IN_FLIGHT_PER_WORKER x
+    download_workers more are read ahead of them, so memory does not grow with the list. A URL
+    whose host is busy waits in the read-ahead while URLs of other hosts go first, so that a
+    thread never idles on one busy host (a redirect onto a busy host waits in `fetch`)."""
     window = DOWNLOADS_IN_FLIGHT_PER_WORKER * cfg.download_workers
+    policy = policy or fetch_policy(cfg)
+    slots = HostSlots(cfg.max_per_host)
     it = iter(urls)
+    waiting: dict[str, deque[str]] = {}  # read ahead, by host, in list order
+    busy: Counter = Counter()  # in flight, by host
+    pending: dict[cf.Future, str] = {}  # future -> its host
     with cf.ThreadPoolExecutor(cfg.download_workers) as pool:
-        def submit(n: int) -> set:
-            return {pool.submit(fetch, u, timeout=cfg.timeout, max_bytes=cfg.max_bytes,
-                                max_redirects=cfg.max_redirects, retries=cfg.retries) for _, u in zip(range(n), it)}
+        def fill() -> None:
+            n_waiting = sum(map(len, waiting.values()))
+            for u in it if n_waiting < window else ():
+                waiting.setdefault(_host_key(u), deque()).append(u)
+                n_waiting += 1
+                if n_waiting >= window:
+                    break
+            for h in list(waiting):
+                q = waiting[h]
+                while q and busy[h] < cfg.max_per_host and len(pending) < cfg.download_workers:
+                    fut = pool.submit(fetch, q.popleft(), timeout=cfg.timeout, max_bytes=cfg.max_bytes,
+                                      max_redirects=cfg.max_redirects, retries=cfg.retries, policy=policy, slots=slots)
+                    pending[fut] = h
+                    busy[h] += 1
+                if not q:
+                    del waiting[h]
 
-        pending = submit(window)
+        fill()
         while pending:
-            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            pending |= submit(len(done))
+            done, _ = cf.wait(set(pending), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                busy[pending.pop(fut)] -= 1
+            fill()
             for fut in done:
                 yield fut.result()
             del done, fut  # no reference to a finished body outlives its turn
+
+
+def _host_key(url: str) -> str:
+    """The host an URL's connections go to first (as `download.HostSlots` names it)."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def _download_path(out: Path, url: str) -> Path:
@@ -502,13 +559,20 @@ def _near_duplicates(ids: list[str], cands: dict[str, dict[str, Any]], was_kept:
     return {ids[k]: ids[r] for k, r in enumerate(rep) if r != k}
 
 
-def _done(manifest: Manifest, source: str, out: Path) -> bool:
+def _done(manifest: Manifest, source: str, out: Path, cfg: BuildConfig) -> bool:
     """A source whose processing finished (a candidate needs its staged file)."""
     rec = manifest.get(f"source:{source}")
     if rec is None:
         return False
     if rec["status"] == "candidate":
         return (out / ".stage" / f"{rec['id']}.jpg").exists()
+    # refusals by the crawl policy stand while the policy that made them does: a host that
+    # opted out is not asked again, but is once its directives are no longer honoured
+    if rec.get("stage") == "private_network":
+        return not cfg.allow_private_networks
+    if rec.get("stage") == "opt_out":
+        seen = set(rec.get("download", {}).get("directives", []))
+        return bool(seen & {d.lower() for d in cfg.disallowed_header_directives})
     # download failures are tried again on the next run; licence rejections are re-checked each run
     return rec.get("stage") not in ("download", "license")
 
@@ -516,6 +580,14 @@ def _done(manifest: Manifest, source: str, out: Path) -> bool:
 def _screened(manifest: Manifest, iid: str, det_key: str, floor: float) -> bool:
     rec = manifest.get(f"detect:{iid}")
     return rec is not None and rec["detector"] == det_key and rec["min_conf"] <= floor
+
+
+def _opt_out_card(rec: dict[str, Any], attribution: dict[str, str]) -> dict[str, Any]:
+    """A locked review card for an opted-out source: no image (its bytes were never read), an
+    id from its URL (it has no content id)."""
+    return {"id": "opt-out-" + hashlib.sha256(rec["source"].encode()).hexdigest()[:12], "source": rec["source"],
+            "attribution": attribution, "detections": [], "verdict": "rejected", "reason": rec["reason"],
+            "opt_out": True, "split": "-"}
 
 
 def split_of(iid: str, val_fraction: float) -> str:

@@ -7,24 +7,222 @@ that shuts its socket down when the attempt's time is up, so a server that drips
 body one byte at a time, or sends headers and then stalls, cannot hold a read past it. A server
 that never answers the TCP handshake is bounded by the connect timeout (the remaining time).
 One URL therefore takes at most (retries + 1) x timeout plus the back-off sleeps.
+
+Crawling responsibly (`FetchPolicy`): every connection, redirect hops included, goes to an
+address checked to be globally routable (the address connected to is checked again, so DNS
+rebinding cannot slip past) unless private networks are allowed; a response whose
+``X-Robots-Tag`` carries an opt-out directive is dropped before its body is read; requests
+carry an identifiable user agent; at most ``max_per_host`` connections reach one host at a
+time (`HostSlots`); a 429 or 503 ``Retry-After`` is honoured while it fits in the URL's time.
 """
 from __future__ import annotations
 
 import csv
+import email.utils
 import http.client
 import io
+import ipaddress
 import json
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
-USER_AGENT = "gfm-toolkit-bg20k/0.1 (+https://example.invalid/gfm-toolkit)"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+RETRY_AFTER_STATUS = {429, 503}
+AGENT_TOKEN = "gfm-toolkit-bg20k"
+# img2dataset's default set (its README, "Opt-out directives")
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gfm-toolkit")
+    except Exception:  # not installed (run from a checkout): still a recognisable token
+        return "0+unknown"
+
+
+def user_agent(contact: str | None = None) -> str:
+    """``gfm-toolkit-bg20k/<version>``, with ``(+contact)`` when the operator gives one, so that a
+    host can recognise this crawler, opt out of it, and reach whoever runs it."""
+    ua = f"{AGENT_TOKEN}/{_version()}"
+    return f"{ua} (+{contact})" if contact else ua
+
+
+USER_AGENT = user_agent()
+
+
+def default_resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (the system resolver)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    return list(dict.fromkeys(str(ai[4][0]) for ai in infos))
+
+
+def default_connect(ip: str, port: int, timeout: float) -> tuple[socket.socket, str]:
+    """A TCP connection to ``ip`` and the peer address the socket reports."""
+    sock = socket.create_connection((ip, port), timeout)
+    try:
+        return sock, str(sock.getpeername()[0])
+    except OSError:
+        sock.close()
+        raise
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What a crawl may fetch and how it presents itself. ``resolve`` and ``connect`` are the
+    network seen by the address checks (tests give a stub; no real network)."""
+
+    allow_private: bool = False
+    disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
+    user_agent: str = USER_AGENT
+    resolve: Callable[[str, int], list[str]] = default_resolve
+    connect: Callable[[str, int, float], tuple[socket.socket, str]] = default_connect
+
+
+DEFAULT_POLICY = FetchPolicy()
+
+
+def address_problem(ip: str) -> str | None:
+    """None for a globally routable address, else what it is ("a loopback address", ...).
+    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are judged by the IPv4 address they carry."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for kind, test in (("an unspecified", addr.is_unspecified), ("a loopback", addr.is_loopback),
+                       ("a link-local", addr.is_link_local), ("a multicast", addr.is_multicast)):
+        if test:
+            return f"{kind} address"
+    if addr.version == 6 and addr in ipaddress.ip_network("fc00::/7"):
+        return "a unique-local address"
+    if addr.is_private:
+        return "a private address"
+    if not addr.is_global:
+        return "a reserved (not globally routable) address"
+    return None
+
+
+def _private_refusal(host: str, ip: str, kind: str, verb: str = "resolves to") -> "_FetchError":
+    what = f"{host} is {kind}" if ip == host else f"{host} {verb} {ip}, {kind}"
+    return _FetchError(f"{what}; pass --allow-private-networks to fetch it", code="private_network")
+
+
+def checked_connect(host: str, port: int, timeout: float, policy: FetchPolicy) -> socket.socket:
+    """A connection to ``host`` whose every resolved address, and the address actually
+    connected to, is globally routable; else a `_FetchError` with code ``private_network``.
+    The resolved address is connected to directly: nothing is resolved twice."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        addrs = [host]
+    except ValueError:
+        addrs = policy.resolve(host, port)
+    if not addrs:
+        raise OSError(f"cannot resolve {host}: no address")
+    for ip in addrs:
+        kind = address_problem(ip)
+        if kind is not None:
+            raise _private_refusal(host, ip, kind)
+    err: OSError | None = None
+    for ip in addrs:
+        try:
+            sock, peer = policy.connect(ip, port, timeout)
+        except OSError as exc:
+            err = exc
+            continue
+        kind = address_problem(peer)
+        if kind is not None:
+            sock.close()
+            raise _private_refusal(host, peer, kind, "connected to")
+        return sock
+    raise err if err is not None else OSError(f"cannot connect to {host}")
+
+
+class HostSlots:
+    """At most ``per_host`` connections to one host at a time, shared by the download threads."""
+
+    def __init__(self, per_host: int):
+        self.per_host = per_host
+        self._lock = threading.Lock()
+        self._sems: dict[str, threading.BoundedSemaphore] = {}
+
+    def _sem(self, host: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            return self._sems.setdefault(host, threading.BoundedSemaphore(self.per_host))
+
+    def acquire(self, host: str, timeout: float | None = None) -> bool:
+        return self._sem(host).acquire(timeout=timeout)
+
+    def release(self, host: str) -> None:
+        self._sem(host).release()
+
+
+class _HostHold:
+    """The one host slot an attempt holds: taken for the URL's host before its deadline
+    starts (waiting for a slot is not download time), moved to the next host when a redirect
+    leaves it (urllib has closed the previous response by then), released at the end."""
+
+    def __init__(self, slots: HostSlots | None):
+        self.slots, self.host = slots, None
+
+    def take(self, host: str, timeout: float | None = None) -> None:
+        host = host.lower()
+        if self.slots is None or host == self.host:
+            return
+        self.release()
+        if not self.slots.acquire(host, timeout):
+            raise _FetchError(f"no free connection to {host} in time (--max-per-host)", retry=True)
+        self.host = host
+
+    def release(self) -> None:
+        if self.slots is not None and self.host is not None:
+            self.slots.release(self.host)
+            self.host = None
+
+
+def opt_out_directives(values: list[str], disallowed: tuple[str, ...]) -> list[str]:
+    """The disallowed directives among ``X-Robots-Tag`` header values, case-insensitively;
+    a directive scoped to a user agent (``googlebot: noai``) counts whatever the agent: an
+    opt-out said to one crawler is read as the site's wish."""
+    bad = {d.strip().lower() for d in disallowed}
+    hits = []
+    for value in values:
+        for part in str(value).split(","):
+            d = part.split(":", 1)[-1].strip().lower()
+            if d in bad and d not in hits:
+                hits.append(d)
+    return hits
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` value in seconds (delta seconds, or an HTTP date relative to ``now``,
+    Unix time); None when absent or unreadable."""
+    if value is None:
+        return None
+    v = value.strip()
+    if v.isdigit():
+        return float(v)
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
 
 
 @dataclass
@@ -37,16 +235,28 @@ class Fetched:
     seconds: float = 0.0
     attempts: int = 0
     data: bytes | None = None
+    code: str | None = None  # "private_network" or "opt_out": refused by the crawl policy
+    directives: list[str] = field(default_factory=list)  # the opt-out directives seen
+    retry_after: list[float] = field(default_factory=list)  # Retry-After waits honoured, s
 
     def record(self) -> dict:
-        return {"url": self.url, "ok": self.ok, "status": self.status, "error": self.error, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3), "attempts": self.attempts}
+        rec = {"url": self.url, "ok": self.ok, "status": self.status, "error": self.error, "bytes": self.bytes,
+               "seconds": round(self.seconds, 3), "attempts": self.attempts}
+        if self.code:
+            rec["code"] = self.code
+        if self.directives:
+            rec["directives"] = self.directives
+        if self.retry_after:
+            rec["retry_after"] = [round(w, 3) for w in self.retry_after]
+        return rec
 
 
 class _FetchError(Exception):
-    def __init__(self, msg: str, status: int | None = None, retry: bool = False):
+    def __init__(self, msg: str, status: int | None = None, retry: bool = False, code: str | None = None,
+                 retry_after: float | None = None, directives: list[str] | None = None):
         super().__init__(msg)
-        self.status, self.retry = status, retry
+        self.status, self.retry, self.code = status, retry, code
+        self.retry_after, self.directives = retry_after, directives or []
 
 
 def _redirect_handler(max_redirects: int) -> urllib.request.HTTPRedirectHandler:
@@ -100,13 +310,17 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
-def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
-    """HTTP and HTTPS handlers whose connections register their sockets with ``deadline`` and
-    connect within the time that is left."""
+def _deadline_handlers(deadline: _Deadline, policy: FetchPolicy, hold: _HostHold) -> list[urllib.request.BaseHandler]:
+    """HTTP and HTTPS handlers whose connections take their host's slot, go only to checked
+    addresses (unless private networks are allowed), register their sockets with ``deadline``
+    and connect within the time that is left."""
 
     class OnDeadline:  # before HTTP(S)Connection in the bases: its connect wraps theirs
         def connect(self) -> None:
+            hold.take(self.host, deadline.remaining())
             self.timeout = deadline.remaining()
+            if not policy.allow_private:  # HTTPConnection.connect opens its socket through this
+                self._create_connection = lambda addr, timeout, *_: checked_connect(addr[0], addr[1], timeout, policy)
             super().connect()
             deadline.register(self.sock)
 
@@ -189,22 +403,29 @@ def check_url(url: str) -> str | None:
     return None
 
 
-def _attempt(max_redirects: int, url: str, timeout: float, max_bytes: int) -> tuple[int, bytes]:
+def _attempt(max_redirects: int, url: str, timeout: float, max_bytes: int, policy: FetchPolicy = DEFAULT_POLICY,
+             slots: HostSlots | None = None) -> tuple[int, bytes]:
+    hold = _HostHold(slots)
+    hold.take(urlsplit(url).hostname or "")  # before the deadline: queueing for a host is not download time
     deadline = _Deadline(timeout)
     try:
-        return _attempt_until(deadline, max_redirects, url, timeout, max_bytes)
+        return _attempt_until(deadline, max_redirects, url, timeout, max_bytes, policy, hold)
     except _FetchError as exc:
-        if deadline.expired:
+        if deadline.expired and exc.code is None:
             raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", exc.status, retry=True) from None
         raise
     finally:
         deadline.cancel()
+        hold.release()
 
 
-def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: float,
-                   max_bytes: int) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(_redirect_handler(max_redirects), *_deadline_handlers(deadline))
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"})
+def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: float, max_bytes: int,
+                   policy: FetchPolicy, hold: _HostHold) -> tuple[int, bytes]:
+    handlers = [_redirect_handler(max_redirects), *_deadline_handlers(deadline, policy, hold)]
+    if not policy.allow_private:  # a proxy would resolve and connect where the checks cannot see
+        handlers.append(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(*handlers)
+    req = urllib.request.Request(url, headers={"User-Agent": policy.user_agent, "Accept": "image/*,*/*;q=0.5"})
     try:
         resp = opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -212,7 +433,11 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
             if "not allowed" in str(exc.reason):
                 raise _FetchError(f"redirect to a non-http(s) URL: {str(exc.reason)[:200]}", exc.code) from None
             raise _FetchError(f"too many redirects or a redirect loop (HTTP {exc.code})", exc.code) from None
-        raise _FetchError(f"HTTP {exc.code} {exc.reason}", exc.code, exc.code in RETRY_STATUS) from None
+        wait = None
+        if exc.code in RETRY_AFTER_STATUS and exc.headers is not None:
+            wait = retry_after_seconds(exc.headers.get("Retry-After"))
+        raise _FetchError(f"HTTP {exc.code} {exc.reason}", exc.code, exc.code in RETRY_STATUS,
+                          retry_after=wait) from None
     except _FetchError:
         raise
     except urllib.error.URLError as exc:
@@ -228,6 +453,10 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
         raise _FetchError(f"{exc.__class__.__name__}: {exc}", retry=True) from None
     with resp:
         status = resp.status
+        hits = opt_out_directives(resp.headers.get_all("X-Robots-Tag") or [], policy.disallowed_directives)
+        if hits:  # dropped before the body is read: an opted-out image is never on disk
+            raise _FetchError(f"opted out: X-Robots-Tag {', '.join(hits)} (set --disallowed-header-directives "
+                              f"to change which directives are honoured)", status, code="opt_out", directives=hits)
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
             raise _FetchError(f"body of {int(length)} bytes is over the limit of {max_bytes}", status)
@@ -253,23 +482,38 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
 
 
 def fetch(url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000, max_redirects: int = 5,
-          retries: int = 2, backoff: float = 0.5, sleep=time.sleep) -> Fetched:
-    """Download ``url``; retries connection errors, timeouts, 429 and 5xx with back-off."""
+          retries: int = 2, backoff: float = 0.5, sleep=time.sleep, policy: FetchPolicy = DEFAULT_POLICY,
+          slots: HostSlots | None = None) -> Fetched:
+    """Download ``url``; retries connection errors, timeouts, 429 and 5xx with back-off, or
+    after the server's ``Retry-After`` on 429 and 503. A wait for ``Retry-After`` is an attempt
+    like any other, and is honoured only when it and one more attempt fit in the URL's time,
+    (retries + 1) x timeout plus the back-off sleeps (the bound it always had); otherwise the
+    URL ends at once."""
     t0 = time.monotonic()
     bad = check_url(url)
     if bad:
         return Fetched(url, False, error=bad)
+    url_deadline = t0 + (retries + 1) * timeout + backoff * (2**retries - 1)
     result = Fetched(url, False)
     for attempt in range(retries + 1):
         result.attempts = attempt + 1
         try:
-            status, data = _attempt(max_redirects, url, timeout, max_bytes)
+            status, data = _attempt(max_redirects, url, timeout, max_bytes, policy, slots)
             result.ok, result.status, result.data, result.bytes, result.error = True, status, data, len(data), None
+            result.code, result.directives = None, []
             break
         except _FetchError as exc:
-            result.status, result.error = exc.status, str(exc)
+            result.status, result.error, result.code, result.directives = exc.status, str(exc), exc.code, exc.directives
             if not exc.retry or attempt == retries:
                 break
-            sleep(backoff * (2**attempt))
+            wait = backoff * (2**attempt)
+            if exc.retry_after is not None:
+                if time.monotonic() + exc.retry_after + timeout > url_deadline:
+                    result.error += (f"; Retry-After {exc.retry_after:g} s is past this URL's deadline "
+                                     f"({url_deadline - t0:g} s: --timeout x (--retries + 1) and back-off)")
+                    break
+                wait = exc.retry_after
+                result.retry_after.append(wait)
+            sleep(wait)
     result.seconds = time.monotonic() - t0
     return result

@@ -33,6 +33,8 @@ def reason_class(v: dict[str, Any]) -> str:
     r = v["reason"]
     if v.get("licence_rejected"):
         return "licence"
+    if v.get("opt_out"):
+        return "opt-out"
     if "automatic" in v:
         return "manual decision"
     if r.startswith("salient object:"):
@@ -52,10 +54,12 @@ def _card(v: dict[str, Any]) -> str:
         credit = (f'<br><span class="licence">{e(a.get("license", "no licence"))}</span>'
                   f'{" · " + e(a["author"]) if a.get("author") else ""}{link}')
     automatic = v.get("automatic", v["verdict"])
+    locked = bool(v.get("licence_rejected") or v.get("opt_out"))  # rules the page cannot override
+    picture = ('<div class="noimage">not downloaded: the host opted out</div>' if v.get("opt_out") else
+               f'<img src="review/{e(v["id"])}.jpg" alt="{e(v["id"])}" loading="lazy">')
     return (f'<figure class="card {v["verdict"]}" tabindex="-1" data-id="{e(v["id"])}" data-verdict="{v["verdict"]}" '
             f'data-built="{v["verdict"]}" data-automatic="{automatic}" data-manual="{int("automatic" in v)}" '
-            f'data-locked="{int(bool(v.get("licence_rejected")))}" data-reason="{e(reason_class(v))}">'
-            f'<img src="review/{e(v["id"])}.jpg" alt="{e(v["id"])}" loading="lazy">'
+            f'data-locked="{int(locked)}" data-reason="{e(reason_class(v))}">{picture}'
             f'<figcaption><b>{e(v["id"])}</b> <span class="split">{v["split"]}</span> '
             f'<span class="badge"></span><br>'
             f'<span class="reason">{e(v["reason"])}</span><br>'
@@ -175,14 +179,17 @@ body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
 .card.changed {{ box-shadow: 0 0 0 3px #f90; }} .card.focus {{ outline: 3px dashed #06c; outline-offset: 2px; }}
 .card.locked-flash {{ background: #fdd; }}
 .badge {{ color: #c60; font-weight: bold; }} .licence {{ color: #246; }}
-.card img {{ width: 100%; display: block; }} figcaption {{ padding: 4px; font-size: 12px; word-break: break-all; }}
+.card img {{ width: 100%; display: block; }}
+.noimage {{ height: 120px; display: flex; align-items: center; justify-content: center; background: #eee; color: #666; }}
+figcaption {{ padding: 4px; font-size: 12px; word-break: break-all; }}
 td {{ padding: 2px 8px; font-size: 13px; }}
 </style></head><body>
 <h1>bg20k review</h1>
 <p>{n_kept} kept, {len(verdicts) - n_kept} rejected, {len(failed)} sources failed, too small or barred by the licence
 rule. Click a card to change its verdict (or move with the arrow keys, then <kbd>k</kbd> keep, <kbd>r</kbd> reject,
 space toggles). Then download <code>decisions.csv</code> and run the same <code>bg20k build</code> command with
-<code>--decisions decisions.csv</code>: the images move. Licence rejections cannot be overridden here.</p>
+<code>--decisions decisions.csv</code>: the images move. Licence rejections and sources whose host opted out
+(<code>X-Robots-Tag</code>) cannot be overridden here.</p>
 <div class="bar">
 <label>verdict <select id="filter-verdict"><option value="all">all</option><option value="kept">kept</option>
 <option value="rejected">rejected</option><option value="changed">changed here</option></select></label>

@@ -16,7 +16,7 @@ import pytest
 
 from bg20k.build import BuildConfig, run_build, split_of
 from bg20k.dedup import duplicate_groups, near_pairs
-from bg20k.download import fetch, read_url_list
+from bg20k.download import FetchPolicy, fetch, read_url_list
 from bg20k.screen import Detection, rejecting_detection
 
 from .conftest import run_cli, shared
@@ -147,7 +147,8 @@ def test_build_from_urls_keeps_the_right_images_and_records_every_failure(tmp_pa
     lst.write_text("\n".join(urls.values()) + "\n")
     out = tmp_path / "bg"
     t = time.time()
-    proc = run_cli("bg20k", "build", "--urls", str(lst), "--out", str(out), "--no-screen", "--timeout", "2",
+    proc = run_cli("bg20k", "build", "--urls", str(lst), "--allow-private-networks",
+                   "--out", str(out), "--no-screen", "--timeout", "2",
                    "--retries", "1", "--max-bytes", "20000000", "--workers", "2", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert time.time() - t < 120
@@ -184,7 +185,8 @@ def test_build_from_urls_keeps_the_right_images_and_records_every_failure(tmp_pa
     snow = cv2.imread(str(shared("backgrounds") / "snow-mountain.jpg"))
     site.routes["/new.jpg"] = (200, {"Content-Type": "image/jpeg"}, _jpeg(cv2.flip(snow, 0)))
     lst.write_text(lst.read_text() + f"{site.base}/new.jpg\n")
-    proc = run_cli("bg20k", "build", "--urls", str(lst), "--out", str(out), "--no-screen", "--timeout", "2",
+    proc = run_cli("bg20k", "build", "--urls", str(lst), "--allow-private-networks",
+                   "--out", str(out), "--no-screen", "--timeout", "2",
                    "--retries", "0", "--workers", "1", "--quiet")
     assert proc.returncode == 0, proc.stderr
     for n in ok_names:
@@ -195,7 +197,8 @@ def test_build_from_urls_keeps_the_right_images_and_records_every_failure(tmp_pa
     # a decisions file overrides the automatic verdicts
     dec = tmp_path / "decisions.csv"
     dec.write_text(f"id,decision\n{ids['birds']},reject\n{src[urls['canyon-crop']]['id']},keep\n")
-    run_cli("bg20k", "build", "--urls", str(lst), "--out", str(out), "--no-screen", "--decisions", str(dec),
+    run_cli("bg20k", "build", "--urls", str(lst), "--allow-private-networks",
+            "--out", str(out), "--no-screen", "--decisions", str(dec),
             "--timeout", "2", "--retries", "0", "--quiet", check=True)
     kept = {p.stem for d in ("train", "testval") for p in (out / d).glob("*.jpg")}
     assert ids["birds"] not in kept and src[urls["canyon-crop"]]["id"] in kept
@@ -316,6 +319,6 @@ def test_url_lists_and_fetch_limits(tmp_path, site):
     assert read_url_list(tmp_path / "c.txt") == ["http://x/e.jpg"]
     site.routes["/503"] = (503, {}, b"")
     sleeps = []
-    r = fetch(f"{site.base}/503", retries=3, backoff=0.5, sleep=sleeps.append)
+    r = fetch(f"{site.base}/503", retries=3, backoff=0.5, sleep=sleeps.append, policy=FetchPolicy(allow_private=True))
     assert not r.ok and r.attempts == 4 and sleeps == [0.5, 1.0, 2.0] and r.status == 503
     assert fetch("file:///etc/passwd").error.startswith("only http and https")

@@ -109,7 +109,8 @@ def test_a_build_killed_during_prepare_never_fetches_an_url_twice(tmp_path, site
     lst = tmp_path / "urls.txt"
     lst.write_text("".join(f"{site.base}{n}\n" for n in names))
     out = tmp_path / "bg"
-    args = ["build", "--urls", str(lst), "--out", str(out), "--no-screen", "--workers", "1", "--dedup-distance", "0",
+    args = ["build", "--urls", str(lst), "--allow-private-networks",
+            "--out", str(out), "--no-screen", "--workers", "1", "--dedup-distance", "0",
             "--quiet"]
     exe = str(Path(sys.executable).parent / "bg20k")
     proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -195,7 +196,8 @@ def test_a_cc0_copy_survives_beside_its_barred_cc_by_nc_twin(tmp_path, site):
     lst = tmp_path / "urls.csv"
     lst.write_text(f"url,license\n{site.base}/nc.jpg,CC BY-NC 4.0\n{site.base}/cc0.jpg,CC0\n")
     out = tmp_path / "bg"
-    run_build(BuildConfig(out_dir=out, url_files=(lst,), licenses=("cc0",), **SMALL), progress=False)
+    run_build(BuildConfig(out_dir=out, url_files=(lst,), licenses=("cc0",), allow_private_networks=True,
+                          **SMALL), progress=False)
     v = {x["source"]: x for x in _verdicts(out).values()}
     assert v[f"{site.base}/cc0.jpg"]["verdict"] == "kept"
     assert site.hits.get("/nc.jpg") is None  # a barred source is not even downloaded
@@ -251,7 +253,8 @@ def test_missing_detector_and_misspelt_class_stop_before_any_download_and_retry_
     lst = tmp_path / "urls.txt"
     lst.write_text(f"{site.base}/a.jpg\n")
     out = tmp_path / "bg"
-    common = ["build", "--urls", str(lst), "--out", str(out), "--min-short-side", "200", "--target-short-side", "200",
+    common = ["build", "--urls", str(lst), "--allow-private-networks",
+              "--out", str(out), "--min-short-side", "200", "--target-short-side", "200",
               "--workers", "1", "--quiet"]
     proc = run_cli("bg20k", *common, "--detector", str(tmp_path / "missing" / "yolov8n.pt"))
     assert proc.returncode == 2 and "--detector" in proc.stderr and not site.hits

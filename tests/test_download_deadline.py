@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from bg20k.download import fetch
+from bg20k.download import FetchPolicy, fetch
+
+LOCAL = FetchPolicy(allow_private=True)  # the test servers are on 127.0.0.1
 
 from .conftest import run_cli
 
@@ -94,7 +96,7 @@ def servers():
 def test_one_attempt_ends_at_its_deadline(servers, behaviour, words):
     server = servers(behaviour)
     t = time.monotonic()
-    r = fetch(server.url(), timeout=1.0, retries=0)
+    r = fetch(server.url(), timeout=1.0, retries=0, policy=LOCAL)
     took = time.monotonic() - t
     assert not r.ok and r.attempts == 1
     assert words in r.error
@@ -105,7 +107,7 @@ def test_retries_are_bounded_by_retries_plus_one_timeouts(servers):
     server = servers(drip_body)
     t = time.monotonic()
     slept = []
-    r = fetch(server.url(), timeout=1.0, retries=2, backoff=0.1, sleep=slept.append)
+    r = fetch(server.url(), timeout=1.0, retries=2, backoff=0.1, sleep=slept.append, policy=LOCAL)
     took = time.monotonic() - t
     assert not r.ok and r.attempts == 3 and len(slept) == 2
     assert took < 30, took  # about 3 s
@@ -136,7 +138,7 @@ def test_a_server_that_never_answers_the_handshake_is_bounded():
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.jpg"
         t = time.monotonic()
-        r = fetch(url, timeout=1.0, retries=1, backoff=0.1)
+        r = fetch(url, timeout=1.0, retries=1, backoff=0.1, policy=LOCAL)
         took = time.monotonic() - t
         assert not r.ok and r.attempts == 2
         assert "1 s" in r.error or "timed out" in r.error, r.error
@@ -155,7 +157,8 @@ def test_bg20k_build_never_waits_on_slow_servers(tmp_path, servers):
     lst = tmp_path / "urls.txt"
     lst.write_text("\n".join(urls) + "\n")
     t = time.monotonic()
-    proc = run_cli("bg20k", "build", "--urls", str(lst), "--out", str(tmp_path / "bg"), "--no-screen", "--timeout", "2",
+    proc = run_cli("bg20k", "build", "--urls", str(lst), "--allow-private-networks",
+                   "--out", str(tmp_path / "bg"), "--no-screen", "--timeout", "2",
                    "--retries", "0", "--workers", "1", "--quiet", timeout=DRIP_SECONDS)
     took = time.monotonic() - t
     assert proc.returncode == 1, proc.stderr  # nothing could be kept

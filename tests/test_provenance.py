@@ -55,7 +55,8 @@ def built(tmp_path_factory):
             lines.append(f'{url},"{lic}",Author of {name},https://example.org/{name}')
         (root / "urls.csv").write_text("\n".join(lines) + "\n")
         out = root / "bg20k"
-        run_cli("bg20k", "build", "--urls", str(root / "urls.csv"), "--out", str(out), "--no-screen",
+        run_cli("bg20k", "build", "--urls", str(root / "urls.csv"), "--allow-private-networks",
+                "--out", str(out), "--no-screen",
                 "--min-short-side", "100", "--target-short-side", "160", "--workers", "1", "--quiet", check=True)
     finally:
         site.close()

@@ -157,7 +157,8 @@ def test_licences_follow_images_and_the_rule_bars_sources(tmp_path):
                        f"{url['c']},,,\n"
                        f"{url['d']},https://creativecommons.org/publicdomain/zero/1.0/,Di \"D\" Doe,\n")
         out = tmp_path / "bg"
-        base = ["bg20k", "build", "--urls", str(lst), "--out", str(out), "--no-screen", "--workers", "1", "--quiet"]
+        base = ["bg20k", "build", "--urls", str(lst), "--allow-private-networks",
+                "--out", str(out), "--no-screen", "--workers", "1", "--quiet"]
         r = run_cli(*base, "--licenses", "cc0,cc-by", check=True)
         recs = {json.loads(l)["source"]: json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()
                 if json.loads(l)["type"] == "source"}
