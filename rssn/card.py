@@ -158,7 +158,8 @@ def dataset_facts(cfg, records: Iterable[dict[str, Any]], prov: Provenance) -> d
         limits.append(f"{failed_inputs} inputs could not be used and {failed_comps} composites were not made; "
                       "manifest.jsonl gives each reason.")
     image_format = {"png": "PNG", "jpg": f"JPEG, quality {cfg.jpeg_quality}",
-                    "webdataset": "PNG, also packed in shards/shard-NNNNNN.tar"}[cfg.image_format]
+                    "webdataset": "PNG, also packed in shards/shard-NNNNNN.tar",
+                    "store": "PNG, also packed in the training store store/ (gfm pack)"}[cfg.image_format]
     return {
         "card_version": CARD_VERSION,
         "what": {
@@ -208,6 +209,8 @@ def _layout(image_format: str) -> dict[str, str]:
            "ATTRIBUTION.csv": "one row per composite: its background's and foreground's id, url, licence, author, source"}
     if image_format == "webdataset":
         out["shards/shard-NNNNNN.tar"] = "every sample as ID.image.png, ID.alpha.png, ID.fg.png, ID.bg.png, ID.json"
+    if image_format == "store":
+        out["store/"] = "the training store `gfm train --data OUT/store` crops without decoding (gfm pack)"
     return out
 
 

@@ -94,7 +94,7 @@ class ComposeConfig:
 ROUTES = ("rssn", "plain")
 LAYOUTS = ("auto", "photo", "fg", "rgba")
 EXECUTORS = ("local", "ray")
-IMAGE_FORMATS = ("png", "jpg", "webdataset")
+IMAGE_FORMATS = ("png", "jpg", "webdataset", "store")  # store: PNG, then packed by gfm pack
 
 
 def check_compose_settings(values: dict[str, Any]) -> None:

@@ -498,8 +498,16 @@ def test_audit_of_plain_and_rssn_composites_against_the_photos(tmp_path):
         assert table[1][2] == "png: 6"
         assert table[1][3] == f"{m['w1']:.3g} [{m['w1_lo']:.3g}, {m['w1_hi']:.3g}]n=6 \u26a0"
         assert all(c.startswith("reference") for c in table[3][3:])
-        # 3 photos and 6 composites: every cell warns, no set is marked closest
-        assert b.eval("document.querySelectorAll('#distance-table td.best').length") == 0
+        # 3 photos and 6 composites: every cell warns; a set is bold exactly where its W1 interval
+        # lies wholly below the other's (the rule, applied to audit.json's intervals)
+        from rssn.audit import clearly_closest
+
+        gaps = ["noise_gap", "sharp_gap", "res_gap", "lum_gap", "sat_gap", "temp_gap", "contrast_gap"]
+        want = sorted((clearly_closest(doc["measures"][g], "real"), g) for g in gaps
+                      if clearly_closest(doc["measures"][g], "real") is not None)
+        got = b.eval("Array.from(document.querySelectorAll('#distance-table td.best')).map(c => "
+                     "[c.parentElement.children[0].textContent, c.cellIndex])")
+        assert sorted((row, table[0][i]) for row, i in got) == want
         assert b.eval("document.querySelectorAll('#distance-table .few').length") == 3 * 7
         b.wait_for("Array.from(document.querySelectorAll('img')).every(i => i.complete)")
         hist = b.eval("Array.from(document.querySelectorAll('figure.hist img')).map(i => [i.getAttribute('src'), "

@@ -237,7 +237,7 @@ def test_noise_strength_at_the_network_input(size, area, bilinear):
     image = _flat(size, size, 10.0, seed=size)
     ds = MattingDataset([], "tt", crop=320)
     sample = ds.augment(image, alpha, None, None, np.random.default_rng(seed))
-    seen = sample["image_raw"].numpy().astype(np.float64) * 255.0
+    seen = sample["image"].numpy().astype(np.float64)  # the batch's uint8 image: what to_device scales
     assert seen.shape == (3, 320, 320)
     assert seen.std() == pytest.approx(area, rel=0.03)
     lin = cv2.resize(image, (320, 320), interpolation=cv2.INTER_LINEAR).astype(np.float64)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from gfm.data import MattingDataset, find_samples
+from gfm.data import MattingDataset, find_samples, to_device
 from gfm.losses import EPS, authors_kernel, composition_loss, gfm_loss, laplacian_loss, laplacian_pyramid
 from rssn.augment import add_gaussian_noise, blend, to_uint8
 from rssn.imageio import write_image
@@ -42,7 +42,7 @@ def _batch(folder: Path, **kw) -> dict[str, torch.Tensor]:
     """The training batch `gfm train` makes of the folder's first sample (crop 96: no resize)."""
     samples, failures = find_samples(folder)
     assert samples and not failures, failures
-    return default_collate([MattingDataset(samples, "tt", crop=96, seed=0, **kw)[0]])
+    return to_device(default_collate([MattingDataset(samples, "tt", crop=96, seed=0, **kw)[0]]), "cpu")
 
 
 def _out(batch: dict[str, torch.Tensor], fusion: torch.Tensor) -> dict[str, torch.Tensor]:
