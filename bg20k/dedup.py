@@ -17,6 +17,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def _bucket_table(sorted_keys: np.ndarray, width: int) -> np.ndarray | None:
+    """Start of every bucket of ``width``-bit keys (a dense table turns each lookup into a
+    gather); None when the table would be too large (over 2^22 buckets)."""
+    if width > 22:
+        return None
+    return np.searchsorted(sorted_keys, np.arange((1 << width) + 1, dtype=np.uint64))
+
+
+def _bucket_bounds(sorted_keys: np.ndarray, q: np.ndarray, table: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) of the entries of ``sorted_keys`` equal to each query key ``q``."""
+    if table is not None:
+        qi = q.astype(np.int64)
+        return table[qi], table[qi + 1]
+    return np.searchsorted(sorted_keys, q, side="left"), np.searchsorted(sorted_keys, q, side="right")
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distance of uint64 arrays."""
     return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
@@ -45,17 +61,10 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
         order = np.argsort(key, kind="stable")
         sorted_keys = key[order]
         flips = [np.uint64(0)] + [np.uint64(1 << b) for b in range(width)] if max_distance > 0 else [np.uint64(0)]
-        table = None
-        if width <= 22:  # a dense table of bucket starts turns each lookup into a gather
-            table = np.searchsorted(sorted_keys, np.arange((1 << width) + 1, dtype=np.uint64))
+        table = _bucket_table(sorted_keys, width)
         for flip in flips:
             q = key ^ flip
-            if table is not None:
-                qi = q.astype(np.int64)
-                lo, hi = table[qi], table[qi + 1]
-            else:
-                lo = np.searchsorted(sorted_keys, q, side="left")
-                hi = np.searchsorted(sorted_keys, q, side="right")
+            lo, hi = _bucket_bounds(sorted_keys, q, table)
             counts = hi - lo
             if not counts.any():
                 continue
@@ -107,17 +116,10 @@ def _capped_candidates(h: np.ndarray, queries: np.ndarray, valid: np.ndarray, pr
         sorted_keys = (h[order] >> np.uint64(shift)) & mask
         qkey = (queries >> np.uint64(shift)) & mask
         flips = [0] + ([1 << b for b in range(width)] if max_distance > 0 else [])
-        table = None
-        if width <= 22:  # a dense table of bucket starts turns each lookup into a gather
-            table = np.searchsorted(sorted_keys, np.arange((1 << width) + 1, dtype=np.uint64))
+        table = _bucket_table(sorted_keys, width)
         for flip in flips:
             q = qkey ^ np.uint64(flip)
-            if table is not None:
-                qi = q.astype(np.int64)
-                lo, hi = table[qi], table[qi + 1]
-            else:
-                lo = np.searchsorted(sorted_keys, q, side="left")
-                hi = np.searchsorted(sorted_keys, q, side="right")
+            lo, hi = _bucket_bounds(sorted_keys, q, table)
             counts = np.minimum(hi - lo, bucket_cap)
             counts[~valid] = 0
             if not counts.any():
