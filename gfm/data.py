@@ -452,8 +452,22 @@ def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: 
     ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`); batch them with
     :func:`collate` and make them float on the device with :func:`to_device`.
     ``photo_fgbg``: closed-form F and B for photos (solved once, kept in ``cache_dir``, the rssn
-    cache by default); a store holds them when it was packed with them.
+    cache by default); a store holds them when it was packed with them. Arguments are checked
+    first: a wrong one is a ValueError saying what was given and what to pass.
     """
+    if rosta not in ("tt", "ft", "bt", "rim"):
+        raise ValueError(f"open_training_set: rosta {rosta!r}; pass one of 'tt', 'ft', 'bt', 'rim'")
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 32 or crop % 32:
+        raise ValueError(f"open_training_set: crop {crop!r}; pass a positive multiple of 32 (the encoder "
+                         "halves the size five times), e.g. 320")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"open_training_set: seed {seed!r}; pass an integer")
+    if isinstance(per_fg, bool) or not isinstance(per_fg, int) or per_fg < 1:
+        raise ValueError(f"open_training_set: per_fg {per_fg!r}; pass an integer >= 1")
+    for name, value in (("fg", fg), ("bg", bg)):
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"open_training_set: {name} {str(value)!r} is not a folder; pass the folder of "
+                             f"{'foregrounds' if name == 'fg' else 'backgrounds'}")
     if fg is not None or bg is not None:
         if fg is None or bg is None:
             raise ValueError("fg and bg go together")
@@ -462,6 +476,10 @@ def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: 
     if path is None:
         raise ValueError("give a path (folder, shards or store), or fg and bg")
     paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"open_training_set: {', '.join(missing)} does not exist; pass a folder of photos with "
+                         "mattes, `rssn compose` output, webdataset shards or a `gfm pack` store")
     from .store import StoreDataset, is_store
 
     stores = [p for p in paths if is_store(p)]

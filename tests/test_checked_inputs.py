@@ -271,3 +271,20 @@ def test_every_message_is_one_sentence_with_what_to_pass():
     assert re.fullmatch(r"gfm_errors: pred is float64 40x50 with maximum \d+, which is the 0-255 scale; "
                         r"pass values in \[0, 1\] \(divide by 255\), or the uint8 matte itself", msg), msg
 
+
+
+def test_open_training_set_checks_its_arguments(tmp_path):
+    """The dataset API of the training-data issue: wrong arguments are one ValueError sentence."""
+    from gfm.data import open_training_set
+
+    (tmp_path / "d").mkdir()
+    for kw, says in (({"rosta": "xx"}, "rosta 'xx'; pass one of"), ({"crop": 300}, "crop 300; pass a positive multiple of 32"),
+                     ({"crop": 320.0}, "crop 320.0"), ({"seed": "0"}, "seed '0'; pass an integer")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            open_training_set(tmp_path / "d", **kw)
+    with pytest.raises(ValueError, match="does not exist; pass a folder"):
+        open_training_set(tmp_path / "missing")
+    with pytest.raises(ValueError, match="per_fg 0; pass an integer >= 1"):
+        open_training_set(fg=tmp_path / "d", bg=tmp_path / "d", per_fg=0)
+    with pytest.raises(ValueError, match="bg '.*nowhere' is not a folder"):
+        open_training_set(fg=tmp_path / "d", bg=tmp_path / "nowhere")
