@@ -184,3 +184,32 @@ def test_en_median_mixes_onnx_and_pytorch_checkpoints(exported, tmp_path):
     a = read_matte(tmp_path / "en" / "GT05.png").values.astype(int)
     b = read_matte(tmp_path / "one" / "GT05.png").values.astype(int)
     assert (np.abs(a - b) <= 1).mean() >= 0.999
+
+
+def test_eval_through_onnx_scores_like_the_pytorch_checkpoint(exported, tmp_path):
+    """`gfm eval --checkpoint model.onnx --data` runs the same protocol through ONNX Runtime: its
+    scores equal the PyTorch checkpoint's within the 1-level matte differences allowed above."""
+    import cv2
+
+    am = shared("alphamatting")
+    data = tmp_path / "data"
+    for d in ("image", "alpha"):
+        (data / d).mkdir(parents=True)
+    for n in ("GT01", "GT02"):
+        im = cv2.imread(str(am / "image" / f"{n}.png"))
+        a = cv2.imread(str(am / "alpha" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(data / "image" / f"{n}.png"), cv2.resize(im, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA))
+        cv2.imwrite(str(data / "alpha" / f"{n}.png"), cv2.resize(a, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA))
+    scores = {}
+    for kind in ("ckpt", "onnx"):
+        out = tmp_path / f"{kind}.json"
+        p = run_cli("gfm", "eval", "--checkpoint", str(exported[kind]), "--data", str(data), "--protocol", "gfm",
+                    "--out-json", str(out), "--quiet")
+        assert p.returncode == 0, p.stderr
+        scores[kind] = json.loads(out.read_text())
+    a, b = scores["ckpt"], scores["onnx"]
+    assert a["count"] == b["count"] == 2
+    for k in ("sad", "mse", "mad"):
+        # the mattes differ by at most one level on >= 99.9 % of pixels (tested above), a small share
+        # of SAD; a wrong graph moves the glance by a third of its range and SAD by far more than 5 %
+        assert abs(a["means"][k] - b["means"][k]) <= 0.05 * max(a["means"][k], 1e-3), k
