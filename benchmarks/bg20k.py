@@ -77,7 +77,8 @@ def rss_per_urls(counts: list[int], workers: int, max_per_host: int = 16) -> Non
              "t = time.perf_counter(); "
              "s = run_build(BuildConfig(out_dir=Path(sys.argv[1]), url_files=(Path(sys.argv[2]),), screen=False, "
              "workers=int(sys.argv[3]), allow_private_networks=True, max_per_host=int(sys.argv[4])), progress=False); "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t, "
+             "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+             "print(hwm, time.perf_counter() - t, "
              "s.counts['rejected_resolution'])")
     root = str(Path(__file__).resolve().parents[1])
     try:

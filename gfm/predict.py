@@ -144,12 +144,23 @@ class PredictResult:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
-    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, in MiB."""
+    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, in MiB.
+
+    On Linux the high-water mark of this process's own memory (VmHWM): ``ru_maxrss`` survives
+    fork and exec, so a command started by a large process (a test runner, a notebook) would
+    report its parent's peak instead of its own."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def output_names(inputs: list[Path], root: Path | None = None, rgba: bool = False, composite: bool = False

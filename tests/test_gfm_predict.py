@@ -137,3 +137,17 @@ def test_predict_rgba_writes_estimated_foreground_and_composite(imported, tmp_pa
     assert np.array_equal(rgba[..., :3], image) and not (tmp_path / "none" / "composite").exists()
     p = run_cli("gfm", "predict", *common, "--background", "#12", "--out", str(tmp_path / "bad"))
     assert p.returncode == 2 and "neither a colour" in p.stderr
+
+
+def test_peak_memory_is_the_command_s_own_not_its_parent_s():
+    """ru_maxrss survives fork and exec: a `gfm predict` started by a process holding 1 GiB (a
+    test runner late in the suite) reported that parent's peak. The summary's figure is the
+    command's own high-water mark."""
+    import subprocess
+    import sys
+
+    held = np.ones(2**30 // 8)  # 1 GiB touched in this process
+    code = "import torch; from gfm.predict import _peak_memory_mb; print(_peak_memory_mb(torch.device('cpu')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) < 800, out  # torch itself is a few hundred MiB
+    del held
