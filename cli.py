@@ -175,9 +175,11 @@ def rssn() -> None:
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0), help="Ray: retries of a task whose worker died.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Cache of foreground estimates and BM3D results, shared by runs  [default: ~/.cache/gfm-toolkit]")
-@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webdataset"]), default="png", show_default=True,
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webdataset", "store"]), default="png",
+              show_default=True,
               help="Composites in image/ as PNG or JPEG (mattes, fg and bg are always PNG); webdataset also packs "
-                   "every sample into OUT/shards/shard-NNNNNN.tar.")
+                   "every sample into OUT/shards/shard-NNNNNN.tar; store also packs them into the training store "
+                   "OUT/store (`gfm train --data OUT/store`).")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per webdataset shard.")
 @click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9), help="PNG compression level (1 is fast).")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100))
@@ -269,6 +271,12 @@ def rssn_compose(fg_dir: Path, bg_dir: Path, out_dir: Path, blur_kernels: str, w
     if s.made + s.skipped_existing == 0:
         click.echo("Error: no composite could be made", err=True)
         sys.exit(EXIT_NOTHING_MADE)
+    if cfg.image_format == "store":  # the composites (PNG, as --format png) packed for training
+        from gfm.store import pack
+
+        with held_output(out_dir, "rssn compose"):
+            pack([str(out_dir)], out_dir / "store", photo_fgbg=False, workers=cfg.workers, executor=cfg.executor,
+                 ray_address=cfg.ray_address, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
 
 
 @rssn.command("denoise")
@@ -658,6 +666,50 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_NOTHING_MADE)
     click.echo(f"trained {state.epoch} epochs, {state.step} steps; checkpoint {Path(out) / 'last.pt'}", err=True)
+
+
+@gfm.command("pack")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Photos with mattes, `rssn compose` output or webdataset shards (any set `gfm train` reads); repeatable.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="The store folder.")
+@click.option("--photo-fgbg/--no-photo-fgbg", default=True, show_default=True,
+              help="Store closed-form F and B for photos (cached), as `gfm train` computes them.")
+@click.option("--cache", "cache_dir", default=None, help="The rssn cache  [default: ~/.cache/gfm-toolkit]")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode processes  [default: all cores]")
+@executor_options
+@overwrite_option
+@click.option("--quiet", is_flag=True)
+def gfm_pack(data, out, photo_fgbg, cache_dir, workers, executor, ray_address, overwrite, quiet) -> None:
+    """Pack a training set into a store that `gfm train --data STORE` crops without decoding.
+
+    \b
+    The store holds decoded planes (memory-mapped), the glance targets of every RoSTa and the
+    transition pixels, computed once; a composite's matte and foreground are stored once per
+    foreground. A killed pack resumes when run again; a store is readable only once complete.
+    Unreadable samples are recorded by name and skipped.
+
+    \b
+    Examples:
+      gfm pack --data comp --data AM-2k/train --out comp.store --workers 16
+      gfm train --data comp.store --out runs/tt
+    """
+    from gfm.store import StoreError, pack
+
+    for d in data:
+        check_output_folder(Path(out), {"--data": Path(d)})
+    check_writable(Path(out))
+    settings = {"data": [str(Path(d).resolve()) for d in data], "photo_fgbg": photo_fgbg}
+    with claimed_output(Path(out), "gfm pack", settings, overwrite=overwrite):
+        try:
+            summary = pack(list(data), out, photo_fgbg=photo_fgbg, cache_dir=cache_dir,
+                           workers=workers or os.cpu_count() or 1, executor=executor, ray_address=ray_address,
+                           log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+        except (StoreError, ValueError, FileNotFoundError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_NOTHING_MADE)
+    if summary.samples == 0:
+        click.echo(f"Error: no sample of {', '.join(data)} could be read", err=True)
+        sys.exit(EXIT_NOTHING_MADE)
 
 
 @gfm.command("predict")

@@ -3,6 +3,11 @@
 Every random choice of a sample (crop size and place, flip) comes from a generator derived
 from (seed, epoch, index), so an epoch is the same whatever the number of loader workers and
 a resumed run sees exactly the data the uninterrupted one would have.
+
+Samples are integer tensors (uint8; uint16 for 16-bit mattes): they cross process boundaries
+and the host-device copy at a quarter of float32's bytes, and :func:`to_device` makes the float
+batch (ImageNet normalisation included) on the training device. Folders, shards and stores
+(`gfm.store`) share :func:`window_sample`, so they give equal tensors for equal draws.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from rssn.imageio import ImageReadError, read_image, read_matte
 from rssn.layout import LayoutError, files_by_stem, find_foregrounds
 from rssn.seeding import derive_rng
 
-from .losses import FT_BT_KERNEL, all_glance_targets
+from .losses import FT_BT_KERNEL
 
 CROP_SIZES = (640, 960, 1280)
 TARGET_MARGIN = FT_BT_KERNEL  # more than the reach of the largest target kernel
@@ -110,19 +115,163 @@ def _source(p):
 
 def choose_crop(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
     """(y, x, size): a square crop of 640, 960 or 1280 (smaller when the image is), centred
-    on a transition pixel half of the time."""
+    on a transition pixel (0 < alpha < full; matte values or a float matte) half of the time."""
     h, w = alpha.shape
+    top = _top_of(alpha)
+    return choose_crop_at(h, w, lambda: _transition_flat(alpha, top), rng)
+
+
+def _transition_flat(alpha: np.ndarray, top: float) -> np.ndarray:
+    """Row-major flat indices of the pixels with 0 < alpha < top (np.nonzero's order)."""
+    return np.flatnonzero((alpha > 0) & (alpha < top))
+
+
+def choose_crop_at(h: int, w: int, transitions, rng: np.random.Generator) -> tuple[int, int, int]:
+    """:func:`choose_crop` for an image of ``h`` x ``w`` whose transition pixels come from
+    ``transitions()`` (row-major flat indices; called only for a centred crop, so a store can
+    keep them precomputed and a folder compute them only when needed)."""
     size = min(int(CROP_SIZES[int(rng.integers(len(CROP_SIZES)))]), h, w)
     centred = rng.random() < 0.5
     u = rng.random(3)
     if centred:
-        ys, xs = np.nonzero((alpha > 0) & (alpha < 1))
-        if len(ys):
-            i = min(int(u[0] * len(ys)), len(ys) - 1)
-            y = int(np.clip(ys[i] - size // 2, 0, h - size))
-            x = int(np.clip(xs[i] - size // 2, 0, w - size))
+        flat = transitions()
+        if len(flat):
+            i = min(int(u[0] * len(flat)), len(flat) - 1)
+            yi, xi = divmod(int(flat[i]), w)
+            y = int(np.clip(yi - size // 2, 0, h - size))
+            x = int(np.clip(xi - size // 2, 0, w - size))
             return y, x, size
     return int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1)), size
+
+
+ROSTA_BITS = {"tt": (0, 3), "ft": (2, 1), "bt": (3, 1)}  # (shift, mask) of each RoSTa's class in a target plane
+
+
+def target_plane(alpha: np.ndarray, rostas: tuple[str, ...] = ("tt", "ft", "bt")) -> np.ndarray:
+    """The glance classes of every RoSTa in ``rostas`` packed into one uint8 plane (bits 0-1:
+    TT class 0/1/2, bit 2: FT mask, bit 3: BT mask), from a float matte in [0, 1]. The focus
+    weight and target follow from these classes and alpha (:func:`window_targets`), so one byte
+    per pixel holds every target of every RoSTa."""
+    from .losses import glance_targets
+
+    out = np.zeros(alpha.shape, np.uint8)
+    for r in rostas:
+        shift, _ = ROSTA_BITS[r]
+        out |= glance_targets(alpha, r)[0].astype(np.uint8) << shift
+    return out
+
+
+def window_targets(bits: np.ndarray, values: np.ndarray, top: int, rosta: str) -> dict[str, np.ndarray]:
+    """The batch targets of a window from its target plane and matte values (uint8/uint16 on
+    the 0..``top`` scale): ``glance`` classes (uint8), ``transition`` weight (uint8 0/1) and
+    ``focus`` target (matte's type and scale), keyed as :func:`gfm.losses.all_glance_targets`."""
+    out = {}
+    for r in (("tt", "ft", "bt") if rosta == "rim" else (rosta,)):
+        shift, mask = ROSTA_BITS[r]
+        cls = (bits >> shift) & mask
+        if r == "tt":
+            weight, focus = cls == 1, values
+        elif r == "ft":
+            weight, focus = (cls == 0) & (values > 0), values
+        else:
+            weight, focus = (cls == 1) & (values < top), np.where(cls == 1, top - values, 0).astype(values.dtype)
+        sfx = "" if rosta != "rim" else f"_{r}"
+        out.update({f"glance{sfx}": cls, f"transition{sfx}": weight.astype(np.uint8), f"focus{sfx}": focus})
+    return out
+
+
+def nearest_index(size: int, crop: int) -> np.ndarray:
+    """The source row (or column) of each of ``crop`` output pixels in nearest-neighbour scaling
+    of ``size`` pixels: the pixel under each output pixel's centre."""
+    return np.minimum(((np.arange(crop) + 0.5) * (size / crop)).astype(np.intp), size - 1)
+
+
+def window_sample(image: np.ndarray, values: np.ndarray, bits: np.ndarray, rosta: str,
+                  fg: np.ndarray | None, bg: np.ndarray | None, size: int, crop: int, flip: bool) -> dict[str, torch.Tensor]:
+    """The tensors of one sample from its crop window (every array ``size`` x ``size``; ``bits``
+    its :func:`target_plane`): image, matte, F and B resized once each to ``crop`` (area when
+    shrinking, bilinear when enlarging), classes and focus weights sampled at the nearest pixel
+    (so they are computed on ``crop`` x ``crop`` pixels, not the window), then flipped. All
+    integer (uint8; uint16 for 16-bit mattes), so batches travel small and exact;
+    :func:`to_device` makes the float batch."""
+    interp = cv2.INTER_AREA if size > crop else cv2.INTER_LINEAR
+    top = _top_of(values)
+
+    def rs(a: np.ndarray) -> np.ndarray:
+        r = cv2.resize(a, (crop, crop), interpolation=interp)
+        return cv2.flip(r, 1) if flip else r
+
+    rows = nearest_index(size, crop)
+    cols = rows[::-1] if flip else rows
+    near = np.ix_(rows, cols)
+    img = _chw(rs(image))
+    alpha = rs(values)
+    sample = {"image": img, "alpha": _hw1(alpha), "has_fgbg": torch.tensor(fg is not None and bg is not None)}
+    for key, t in window_targets(bits[near], values[near], top, rosta).items():
+        if key.startswith("glance"):
+            sample[key] = torch.from_numpy(t)
+        elif key.startswith("transition"):
+            sample[key] = _hw1(t)
+        elif key.endswith("bt") or rosta == "bt":  # (1 - alpha) inside the dilated mask: resized itself
+            mask = (bits >> ROSTA_BITS["bt"][0]) & 1
+            sample[key] = _hw1(rs(np.where(mask == 1, top - values, 0).astype(values.dtype)))
+        else:  # TT and FT: the focus target is alpha
+            sample[key] = _hw1(alpha.copy())
+    sample["fg"] = _chw(rs(fg)) if fg is not None else torch.zeros_like(img)
+    sample["bg"] = _chw(rs(bg)) if bg is not None else torch.zeros_like(img)
+    return sample
+
+
+def _scale_of(t: torch.Tensor) -> float:
+    """The top of an integer tensor's scale: 65535 for a 16-bit matte, else 255."""
+    return 65535.0 if t.dtype in (torch.uint16, torch.int32) else 255.0
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str,
+              input_range: str = "imagenet") -> dict[str, torch.Tensor]:
+    """The float batch the model and losses take, made on ``device`` from an integer batch
+    (copied non-blocking: from pinned memory on CUDA it overlaps the previous step):
+    ``image`` normalised for the model, ``image_raw``, ``fg``, ``bg``, ``alpha``, ``focus*`` in
+    [0, 1], ``transition*`` 0/1 float, ``glance*`` int64 classes. Same code on CPU and CUDA."""
+    device = torch.device(device)
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out: dict[str, torch.Tensor] = {"has_fgbg": b["has_fgbg"]}
+    raw = b["image"].float() / 255.0
+    out["image_raw"] = raw
+    if input_range == "imagenet":
+        mean = torch.as_tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.as_tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        out["image"] = (raw - mean) / std
+    elif input_range == "0-255":
+        out["image"] = b["image"].float()
+    else:
+        raise ValueError(f"unknown input range {input_range!r}")
+    for k, v in b.items():
+        if k in ("image", "has_fgbg"):
+            continue
+        if k.startswith("glance"):
+            out[k] = v.long()
+        elif k.startswith("transition"):
+            out[k] = v.float()
+        elif k in ("fg", "bg"):
+            out[k] = v.float() / 255.0
+        elif v.dtype.is_floating_point:
+            out[k] = v
+        else:
+            out[k] = v.float() / _scale_of(v)
+    return out
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack samples into a batch; 8-bit mattes meet 16-bit ones on the 16-bit scale (x 257,
+    exact), so a set may mix them."""
+    out = {}
+    for k in samples[0]:
+        ts = [s[k] for s in samples]
+        if len({t.dtype for t in ts}) > 1:
+            ts = [t.to(torch.int32) * 257 if t.dtype == torch.uint8 else t.to(torch.int32) for t in ts]
+        out[k] = torch.stack(ts)
+    return out
 
 
 def model_input(image: np.ndarray, input_range: str = "imagenet") -> torch.Tensor:
@@ -170,7 +319,13 @@ class MattingDataset(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s crops and flips (call before each epoch; workers see it)."""
         self.epoch = epoch
+
+    @property
+    def names(self) -> list[str]:
+        """The sample names, in index order."""
+        return [s.name for s in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -188,7 +343,7 @@ class MattingDataset(Dataset):
         s = self.samples[index]
         rng = derive_rng(self.seed, "sample", self.epoch, index)
         image = read_image(_source(s.image))
-        alpha = read_matte(_source(s.alpha)).alpha
+        alpha = read_matte(_source(s.alpha)).values
         if alpha.shape != image.shape[:2]:
             raise ImageReadError(s.alpha, f"matte size {alpha.shape[::-1]} differs from the photo's {image.shape[1::-1]}")
         fg = read_image(_source(s.fg)) if s.fg else None
@@ -196,13 +351,16 @@ class MattingDataset(Dataset):
         if (fg is None or bg is None) and self.photo_fgbg_cache is not None:
             from rssn.cache import ImageCache
 
-            fg, bg = photo_foreground_background(image, alpha, ImageCache(self.photo_fgbg_cache))
+            fg, bg = photo_foreground_background(image, alpha.astype(np.float32) / np.float32(_top_of(alpha)),
+                                                 ImageCache(self.photo_fgbg_cache))
         return self.augment(image, alpha, fg, bg, rng)
 
     def augment(self, image: np.ndarray, alpha: np.ndarray, fg: np.ndarray | None, bg: np.ndarray | None,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Crop, resize, flip and make the targets of one sample (from the whole matte, then
-        cropped: a crop edge never invents a transition)."""
+        cropped: a crop edge never invents a transition). ``alpha``: the matte's stored values
+        (uint8 or uint16, batches stay integer) or a float matte in [0, 1]."""
+        top = _top_of(alpha)
         y, x, size = choose_crop(alpha, rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
@@ -211,40 +369,24 @@ class MattingDataset(Dataset):
         m = TARGET_MARGIN
         y0, x0 = max(0, y - m), max(0, x - m)
         around = alpha[y0:y + size + m, x0:x + size + m]
-        targets = {k: t[y - y0:y - y0 + size, x - x0:x - x0 + size]
-                   for k, t in all_glance_targets(around, self.rosta).items()}
-        out_hw = (self.crop, self.crop)
+        rostas = ("tt", "ft", "bt") if self.rosta == "rim" else (self.rosta,)
+        bits = target_plane(around.astype(np.float32) / np.float32(top), rostas)
+        return window_sample(image[win], alpha[win], bits[y - y0:y - y0 + size, x - x0:x - x0 + size], self.rosta,
+                             fg[win] if fg is not None else None, bg[win] if bg is not None else None, size,
+                             self.crop, flip)
 
-        def rs(a: np.ndarray, nearest: bool = False) -> np.ndarray:
-            interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size > self.crop else cv2.INTER_LINEAR)
-            r = cv2.resize(a, out_hw, interpolation=interp)
-            return r[:, ::-1] if flip else r
 
-        img = rs(image[win])
-        sample = {
-            "image": model_input(img, self.input_range),
-            "image_raw": _chw(img),
-            "alpha": _hw1(rs(alpha[win])),
-            "has_fgbg": torch.tensor(fg is not None and bg is not None),
-        }
-        for key, t in targets.items():
-            if key.startswith("glance"):
-                sample[key] = torch.from_numpy(np.ascontiguousarray(rs(t.astype(np.uint8), True))).long()
-            elif key.startswith("transition"):
-                sample[key] = _hw1(rs(t, True))
-            else:
-                sample[key] = _hw1(rs(t))
-        sample["fg"] = _chw(rs(fg[win])) if fg is not None else torch.zeros_like(sample["image_raw"])
-        sample["bg"] = _chw(rs(bg[win])) if bg is not None else torch.zeros_like(sample["image_raw"])
-        return sample
+def _top_of(values: np.ndarray) -> int | float:
+    """Full opacity on a matte's scale: 255 (uint8), 65535 (uint16) or 1.0 (float)."""
+    return {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(values.dtype, 1.0)
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32) / 255.0)
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
 
 def _hw1(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+    return torch.from_numpy(np.ascontiguousarray(a))[None]
 
 
 class OnTheFlyDataset(MattingDataset):
@@ -270,6 +412,11 @@ class OnTheFlyDataset(MattingDataset):
     def __len__(self) -> int:
         return len(self.items) * self.per_fg
 
+    @property
+    def names(self) -> list[str]:
+        """``STEM-kK``: the K-th composite of each foreground, in index order."""
+        return [f"{it.stem}-k{k}" for it in self.items for k in range(self.per_fg)]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         for attempt in range(len(self.items)):
             i = (index // self.per_fg + attempt) % len(self.items)
@@ -291,4 +438,44 @@ class OnTheFlyDataset(MattingDataset):
         bg_path = self.backgrounds[int(pick.integers(len(self.backgrounds)))]
         rng = derive_rng(self.seed, "train-composite", self.epoch, item.stem, k)
         image, fg, bg, _ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
-        return self.augment(image, state.matte.alpha, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+        return self.augment(image, state.matte.values, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+
+
+def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: str = "tt", crop: int = 320,
+                      seed: int = 0, *, fg: str | Path | None = None, bg: str | Path | None = None,
+                      per_fg: int = 5, photo_fgbg: bool = False, cache_dir: str | Path | None = None) -> Dataset:
+    """The training set `gfm train` would see, as a ``torch.utils.data.Dataset``.
+
+    ``path``: a folder (photos with mattes, or `rssn compose` output), webdataset shards, a
+    store written by `gfm pack`, or a list of them (stores are not mixed with folders); or
+    ``fg`` and ``bg`` for composites made on the fly. Every dataset has ``set_epoch(e)``,
+    ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`); batch them with
+    :func:`collate` and make them float on the device with :func:`to_device`.
+    ``photo_fgbg``: closed-form F and B for photos (solved once, kept in ``cache_dir``, the rssn
+    cache by default); a store holds them when it was packed with them.
+    """
+    if fg is not None or bg is not None:
+        if fg is None or bg is None:
+            raise ValueError("fg and bg go together")
+        return OnTheFlyDataset(fg, bg, rosta, crop, seed, per_fg,
+                               {"cache_dir": Path(cache_dir)} if cache_dir else None)
+    if path is None:
+        raise ValueError("give a path (folder, shards or store), or fg and bg")
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    from .store import StoreDataset, is_store
+
+    stores = [p for p in paths if is_store(p)]
+    if stores:
+        if len(stores) != len(paths):
+            raise ValueError("stores and folders cannot be mixed; pack the folders too (`gfm pack`)")
+        return StoreDataset(stores, rosta, crop, seed, photo_fgbg=photo_fgbg)
+    samples: list[Sample] = []
+    for p in paths:
+        samples += find_samples(p)[0]
+    samples, _ = check_samples(samples)
+    cache = None
+    if photo_fgbg:
+        from rssn.compose import default_cache_dir
+
+        cache = str(cache_dir or default_cache_dir())
+    return MattingDataset(samples, rosta, crop, seed, photo_fgbg_cache=cache)

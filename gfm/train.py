@@ -26,11 +26,13 @@ from rssn.imageio import atomic_write_bytes, atomic_write_json
 from rssn.seeding import derive_rng
 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_config_of, save_checkpoint
-from .data import MattingDataset, Sample, check_samples, find_samples
+from .data import MattingDataset, Sample, check_samples, collate, find_samples, to_device
 from .losses import gfm_loss
 from .model import GFM, ModelConfig
 
 LOSS_TERMS = ("loss", "ce", "focus_alpha", "focus_lap", "fusion_alpha", "fusion_lap", "comp")
+# per step: seconds waiting for the loader, seconds from the batch's arrival to the step's end
+TIME_COLUMNS = ("data_s", "compute_s")
 PAPER_CUDA_BATCH = {"r34": 32, "r34_2b": 32, "r101": 8, "d121": 4}
 CPU_BATCH = 4
 
@@ -122,12 +124,14 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
     from tqdm import tqdm
 
     model.train()
-    sums = {k: 0.0 for k in LOSS_TERMS}
+    sums = {k: 0.0 for k in (*LOSS_TERMS, *TIME_COLUMNS)}
     n = 0
     use_amp = scaler is not None and scaler.is_enabled()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="step", disable=not progress, dynamic_ncols=True)
+    t_ready = time.perf_counter()
     for batch in bar:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        t_got = time.perf_counter()
+        batch = to_device(batch, device)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             out = model(batch["image"])
         terms = gfm_loss(out, batch, laplacian)
@@ -140,8 +144,11 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
             terms["loss"].backward()
             optimizer.step()
         state.step += 1
-        values = {k: float(terms[k].detach()) for k in LOSS_TERMS}
-        for k in LOSS_TERMS:
+        values = {k: float(terms[k].detach()) for k in LOSS_TERMS}  # waits for the device: compute ends here
+        t_done = time.perf_counter()
+        values["data_s"], values["compute_s"] = t_got - t_ready, t_done - t_got
+        t_ready = t_done
+        for k in sums:
             sums[k] += values[k]
         n += 1
         on_step(epoch, state.step, values)
@@ -149,7 +156,10 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
         if max_steps is not None and n >= max_steps:
             break
     bar.close()
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    means = {k: v / max(n, 1) for k, v in sums.items()}
+    total = sums["data_s"] + sums["compute_s"]
+    means["data_share"] = sums["data_s"] / total if total > 0 else 0.0
+    return means
 
 
 @torch.no_grad()
@@ -220,7 +230,8 @@ def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfi
 
 def _write_losses_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["epoch", "step", *LOSS_TERMS], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=["epoch", "step", *LOSS_TERMS, *TIME_COLUMNS],
+                       restval="", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow(r)
@@ -277,9 +288,15 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
 
+    from .store import StoreDataset, is_store
+
+    stores = [d for d in cfg.data if is_store(d)]
+    if stores and len(stores) != len(cfg.data):
+        raise ValueError(f"--data mixes stores ({', '.join(stores)}) with folders; pack the folders too "
+                         "(`gfm pack --data DIR --out STORE`) or train on folders only")
     samples: list[Sample] = []
     failures: list[tuple[str, str]] = []
-    for d in cfg.data:
+    for d in ([] if stores else cfg.data):
         s, f = find_samples(d)
         samples += s
         failures += f
@@ -297,6 +314,9 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         failures += [(f.path, f.reason) for f in dataset.failures]
         if not dataset.items:
             raise ValueError(f"no usable foreground in {cfg.fg}")
+    elif stores:
+        dataset = StoreDataset(stores, cfg.rosta, cfg.crop, cfg.seed, photo_fgbg=cfg.photo_fgbg)
+        failures += dataset.failures
     else:
         dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed,
                                  photo_fgbg_cache=cache_root if cfg.photo_fgbg else None)
@@ -370,7 +390,8 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         indices = _epoch_indices(len(dataset), cfg.seed, epoch, rank, world)
         loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.workers, drop_last=len(indices) >= cfg.batch_size,
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", collate_fn=collate,
+                            prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
         t0 = time.perf_counter()
         means = train_one_epoch(model, loader, optimizer, scaler, device, epoch, state, on_step,
                                 cfg.max_steps_per_epoch, progress and is_main, cfg.laplacian)
@@ -389,7 +410,8 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
             _write_losses_csv(losses_csv, rows)
             plot_curves(rows, out / "loss_curves.png")
             atomic_write_json(out / "history.json", state.history)
-            log("epoch {epoch}: loss {loss:.4f}".format(**record) +
+            log("epoch {epoch}: loss {loss:.4f}, waiting for data {share:.0%} of {seconds:.1f} s".format(
+                share=record["data_share"], **record) +
                 (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else ""))
     if distributed:
         import torch.distributed as dist
