@@ -832,8 +832,7 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=None, type=click.IntRange(min=1),
-              help="Compose processes, and data-loader processes of each training process (the numbers do not "
-                   "change with it)  [default: all cores to compose; gfm train's default to load]")
+              help="Compose processes  [default: all cores]")
 @click.option("--denoise-profile", type=BM3D_PROFILES, default=None, help="BM3D profile for every arm.")
 @click.option("--allow-val-overlap", is_flag=True,
               help="Validate on photos that are also training foregrounds anyway; results.md lists them.")
@@ -889,7 +888,7 @@ def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repe
                                      cache_dir=cache_dir, denoise_profile=denoise_profile, backbone=backbone,
                                      rosta=rosta, pretrained=pretrained, crop=crop,
                                      batch_size=batch_size, epochs=epochs, lr=lr,
-                                     max_steps_per_epoch=max_steps_per_epoch, device=device, loader_workers=workers,
+                                     max_steps_per_epoch=max_steps_per_epoch, device=device,
                                      laplacian=laplacian, allow_val_overlap=allow_val_overlap,
                                      allow_unequal=allow_unequal), arms)
     settings = {k: v for k, v in cfg.__dict__.items()
