@@ -74,7 +74,7 @@ def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
             assert float(r[m]) >= 0
         assert 0 <= float(r["mse"]) <= 1
     md = (ref / "results.md").read_text()
-    assert "| arm | SAD | MSE | MAD | Grad | Conn | SAD-TRAN | SAD-FG | SAD-BG |" in md and "| noise |" in md
+    assert "| arm | n | SAD | MSE | MAD | Grad | Conn | SAD-TRAN | SAD-FG | SAD-BG |" in md and "| noise | 1 |" in md
     for arm in ("plain", "noise"):  # each arm links the dataset card of the set it trained on
         assert f"- {arm}/r0: [arms/{arm}/r0/comp/DATASET.md](arms/{arm}/r0/comp/DATASET.md)" in md
         assert (ref / "arms" / arm / "r0" / "comp" / "DATASET.md").is_file()
