@@ -598,15 +598,22 @@ def gfm() -> None:
 @click.option("--crop", default=320, show_default=True, type=click.IntRange(min=64),
               help="Training size after the random 640/960/1280 crop; a multiple of 32.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
-              help="Per process. [default: on CUDA the paper's: 32 for r34 and r34_2b, 8 for r101, 4 for d121; on CPU 4]")
+              help="Per process. [default: on CUDA the paper's: 32 for r34 and r34_2b, 8 for r101, 4 for d121; on CPU 4; "
+                   "on --resume the checkpoint's]")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="The paper trains 500 epochs on photos (ORI-Track) and 100 on composites (COMP-Track).")
 @click.option("--lr", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Data-loader worker processes.")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Data-loader processes (0: load in the training process; the batches are the same whatever "
+                   "the number)  [default: the cores available per training process, at most 8]")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
-@click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation photos with mattes: SAD and MSE every epoch.")
+@click.option("--val", type=click.Path(exists=True, file_okay=False),
+              help="Validation photos with mattes: SAD and MSE every epoch. A photo that is also a training photo "
+                   "or foreground (same bytes, or a resized or re-encoded copy) is an error.")
+@click.option("--allow-val-overlap", is_flag=True,
+              help="Validate on training photos anyway; the pairs are recorded (history.json, val_overlap.json).")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap the steps of each epoch.")
 @click.option("--resume", default=None, is_flag=False, flag_value="auto",
               help="Continue from a checkpoint; --resume alone (or 'auto') means OUT/last.pt when present.")
@@ -627,7 +634,7 @@ def gfm() -> None:
 @click.option("--quiet", is_flag=True)
 def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained, crop, batch_size, epochs, lr, seed,
               workers, device, no_amp, val, max_steps_per_epoch, resume, photo_fgbg, fg_dir, bg_dir, per_fg, fg_method,
-              denoise_p, denoise_profile, cache_dir, digest_log, laplacian, overwrite, quiet) -> None:
+              denoise_p, denoise_profile, cache_dir, digest_log, laplacian, allow_val_overlap, overwrite, quiet) -> None:
     """Train a GFM (the authors' network) on photos with mattes or on `rssn compose` output.
 
     \b
@@ -651,7 +658,7 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
       torchrun --standalone --nproc-per-node 4 $(which gfm) train --data comp --out runs/ddp
     """
     from gfm.model import PretrainedWeightsError
-    from gfm.train import TrainConfig, default_batch_size, pick_device, run_train
+    from gfm.train import TrainConfig, pick_device, run_train
 
     if bool(fg_dir) != bool(bg_dir):
         _fail_usage("--fg and --bg go together")
@@ -664,18 +671,16 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
     check_writable(Path(out))
     route = (("fg_method", fg_method), ("denoise_p", denoise_p), ("denoise_profile", denoise_profile),
              *((("cache_dir", Path(cache_dir)),) if cache_dir else ()))
-    if batch_size is None:
-        try:
-            dev_type = pick_device(device).type
-        except RuntimeError as exc:
-            _fail_usage(str(exc))
-        batch_size = default_batch_size(backbone, dev_type)
+    try:  # the default batch is chosen in run_train: a resumed run keeps its checkpoint's
+        pick_device(device)
+    except RuntimeError as exc:
+        _fail_usage(str(exc))
     cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, decoder=decoder, ppm=not no_ppm,
                       bridge=not no_bridge, pretrained=pretrained, crop=crop,
                       batch_size=batch_size, epochs=epochs, photo_fgbg=photo_fgbg, cache_dir=cache_dir, lr=lr, seed=seed, workers=workers, device=device,
                       amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume,
                       fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route, digest_log=digest_log,
-                      laplacian=laplacian)
+                      laplacian=laplacian, allow_val_overlap=allow_val_overlap)
     if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
         _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
     if resume and overwrite:
@@ -855,14 +860,19 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
 @click.option("--lr", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Compose processes  [default: all cores]")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Compose processes  [default: all cores]")
 @click.option("--denoise-profile", type=BM3D_PROFILES, default=None, help="BM3D profile for every arm.")
+@click.option("--allow-val-overlap", is_flag=True,
+              help="Validate on photos that are also training foregrounds anyway; results.md lists them.")
+@click.option("--allow-unequal", is_flag=True,
+              help="Write the table even when arms trained on, stepped or scored different numbers of samples.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
 @LAPLACIAN_OPTION
 @click.option("--quiet", is_flag=True)
 def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repeats, per_fg, seed, backbone, rosta,
                    pretrained, crop, batch_size, epochs, lr, max_steps_per_epoch, device, workers, denoise_profile,
-                   cache_dir, laplacian, quiet) -> None:
+                   cache_dir, laplacian, allow_val_overlap, allow_unequal, quiet) -> None:
     """The paper's COMP-Track and RSSN ablation on your data: compose, train, evaluate each arm.
 
     \b
@@ -897,17 +907,25 @@ def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repe
         _fail_usage(f"--crop {crop}: must be a multiple of 32")
     check_output_folder(out_dir, {"--fg": fg_dir, "--bg": bg_dir, "--val": val_dir})
     check_writable(out_dir)
+    if batch_size is None:  # the default is recorded with the experiment, not re-derived on another device
+        from rssn.outdir import read_settings
+
+        batch_size = ((read_settings(out_dir) or {}).get("settings") or {}).get("batch_size") \
+            or default_batch_size(backbone, dev.type)
     cfg = with_arms(ExperimentConfig(fg=fg_dir, bg=bg_dir, val=val_dir, out=out_dir, arms=(), repeats=repeats,
                                      per_fg=per_fg, seed=seed, compose_workers=workers or os.cpu_count() or 1,
                                      cache_dir=cache_dir, denoise_profile=denoise_profile, backbone=backbone,
                                      rosta=rosta, pretrained=pretrained, crop=crop,
-                                     batch_size=batch_size or default_batch_size(backbone, dev.type), epochs=epochs,
-                                     lr=lr, max_steps_per_epoch=max_steps_per_epoch, device=device,
-                                     laplacian=laplacian), arms)
-    settings = {k: v for k, v in cfg.__dict__.items() if k not in ("compose_workers", "device")}
+                                     batch_size=batch_size, epochs=epochs, lr=lr,
+                                     max_steps_per_epoch=max_steps_per_epoch, device=device,
+                                     laplacian=laplacian, allow_val_overlap=allow_val_overlap,
+                                     allow_unequal=allow_unequal), arms)
+    settings = {k: v for k, v in cfg.__dict__.items()
+                if k not in ("compose_workers", "device", "loader_workers", "allow_val_overlap", "allow_unequal")}
     if laplacian == "textbook":  # recorded only when not the default: experiments begun before the option resume
         del settings["laplacian"]
-    guard = claimed_output(out_dir, "gfm experiment", settings, may_grow=("repeats",), may_change=("arms",)) \
+    guard = claimed_output(out_dir, "gfm experiment", settings, may_grow=("repeats",),
+                           may_change=("arms", "loader_workers")) \
         if os.environ.get("RANK", "0") == "0" \
         else contextlib.nullcontext()
     try:

@@ -96,13 +96,17 @@ class ExperimentConfig:
     rosta: str = "tt"
     pretrained: str = "none"
     crop: int = 320
-    batch_size: int = 4
+    batch_size: int | None = 4  # None: gfm train's default for the device
     epochs: int = 10
     lr: float = 1e-5
     max_steps_per_epoch: int | None = None
     device: str = "auto"
-    loader_workers: int = 0
+    # Not yet passed to training: a loader process forked after an arm's evaluation (gfm.evaluate in
+    # this process) hangs before it starts (seen on CPU, #29); the arms load in the training process.
+    loader_workers: int | None = 0
     laplacian: str = "textbook"
+    allow_val_overlap: bool = False  # validate on training photos anyway (recorded in results.md)
+    allow_unequal: bool = False  # write the table even when arms trained or scored different amounts
 
 
 @dataclass
@@ -129,9 +133,10 @@ def train_config(cfg: ExperimentConfig, data: tuple[str, ...], out: Path, seed: 
 
     return TrainConfig(data=data, out=str(out), backbone=cfg.backbone, rosta=cfg.rosta, pretrained=cfg.pretrained,
                        crop=cfg.crop, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, seed=seed,
-                       workers=cfg.loader_workers, device=cfg.device, val=str(cfg.val),
+                       workers=0, device=cfg.device, val=str(cfg.val),  # see loader_workers
                        max_steps_per_epoch=cfg.max_steps_per_epoch, resume="auto",
-                       cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None, laplacian=cfg.laplacian)
+                       cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None, laplacian=cfg.laplacian,
+                       allow_val_overlap=cfg.allow_val_overlap)
 
 
 def _stage(cfg: ExperimentConfig, arm: str, repeat: int) -> Path:
@@ -153,6 +158,60 @@ def evaluate_checkpoint(ckpt: Path, val: Path, pred_dir: Path, device) -> dict[s
             "failures": result.failures}
 
 
+def val_overlap(cfg: ExperimentConfig) -> list[dict[str, str]]:
+    """The validation photos that are also training foregrounds (an error unless allowed)."""
+    from rssn.layout import find_foregrounds
+
+    from .data import find_samples
+    from .leakage import find_overlap, overlap_message
+
+    val, _ = find_samples(cfg.val)
+    items, _ = find_foregrounds(cfg.fg)
+    overlap = find_overlap([s.image for s in val], [i.image for i in items], cfg.loader_workers or None)
+    if overlap and not cfg.allow_val_overlap:
+        raise ValueError(f"--val {cfg.val}: {overlap_message(overlap)}")
+    return overlap
+
+
+def _run_token() -> str:
+    """Names this launch (torchrun's run id), so that a marker left by an earlier launch is not taken for done."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "") + "\n"
+
+
+def _mark(path: Path) -> None:
+    atomic_write_bytes(path, _run_token().encode())
+
+
+def _wait_for(path: Path) -> None:
+    """Under torchrun: the other ranks wait until rank 0 marks ``path`` in this launch."""
+    while not (path.exists() and path.read_text() == _run_token()):
+        time.sleep(1.0)
+
+
+def arm_counts(stage: Path) -> dict[str, Any]:
+    """What one arm/repeat trained on and was scored on: samples per epoch, steps, photos scored."""
+    run = stage / "run"
+    hist = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    doc = json.loads((stage / "eval-last.json").read_text()) if (stage / "eval-last.json").exists() else {}
+    steps = int(hist[-1]["step"]) if hist and "step" in hist[-1] else None
+    if steps is None and (run / "last.pt").exists():
+        import torch
+
+        steps = int(torch.load(run / "last.pt", map_location="cpu", weights_only=True)["step"])
+    return {"samples": hist[-1].get("samples") if hist else None, "epochs": len(hist), "steps": steps,
+            "scored": doc.get("count")}
+
+
+def unequal_arms(counts: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per count that differs between arms/repeats (unknown counts are not compared)."""
+    out = []
+    for key in ("samples", "epochs", "steps", "scored"):
+        known = {k: c[key] for k, c in counts.items() if c.get(key) is not None}
+        if len(set(known.values())) > 1:
+            out.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(known.items())))
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> list[ArmResult]:
     """Run (or continue) every arm and repeat, then write the results."""
     import torch
@@ -169,6 +228,10 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
     device = pick_device(cfg.device)
     results: list[ArmResult] = []
     arms = dict(cfg.arms)
+    overlap = val_overlap(cfg)  # before any work
+    if overlap and rank == 0:
+        log(f"warning (--allow-val-overlap): {len(overlap)} validation photo(s) are training foregrounds")
+    counts: dict[str, dict[str, Any]] = {}
     for arm, overrides in cfg.arms:
         for r in range(cfg.repeats):
             stage = _stage(cfg, arm, r)
@@ -184,12 +247,11 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
                     with output_lock(comp, "rssn compose"):
                         check_settings(comp, "rssn compose", byte_settings(ccfg), may_grow=("per_fg",))
                         summary = run_compose(ccfg, progress=progress)
-                    (stage / "compose.done").write_text("done\n")
+                    _mark(stage / "compose.done")
                     log(f"[{arm} r{r}] composed: {summary.made} new, {summary.skipped_existing} already there, "
                         f"{summary.failed_composites} failed")
                 else:  # under torchrun the other ranks wait for rank 0's composites
-                    while not (stage / "compose.done").exists():
-                        time.sleep(1.0)
+                    _wait_for(stage / "compose.done")
             timings[f"{arm}/r{r}/compose"] = round(time.perf_counter() - t, 2)
             t = time.perf_counter()
             run = stage / "run"
@@ -200,8 +262,9 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
                 with lock:
                     run_train(train_config(cfg, data, run, seed), progress=progress, log=lambda m: log(f"[{arm} r{r}] {m}"))
             timings[f"{arm}/r{r}/train"] = round(time.perf_counter() - t, 2)
-            if rank != 0:
-                continue  # rank 0 alone evaluates and writes the results
+            if rank != 0:  # rank 0 alone evaluates; the others wait, so that they do not enter the
+                _wait_for(stage / "evaluated")  # next arm's rendezvous while rank 0 still evaluates this one
+                continue
             t = time.perf_counter()
             for which in ("last", "best"):
                 ckpt = run / f"{which}.pt"
@@ -212,14 +275,24 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
                     atomic_write_json(path, doc)
                 doc = json.loads(path.read_text())
                 results.append(ArmResult(arm, r, which, doc["means"], doc["epoch"]))
+            counts[f"{arm}/r{r}"] = arm_counts(stage)
+            _mark(stage / "evaluated")
             timings[f"{arm}/r{r}/evaluate"] = round(time.perf_counter() - t, 2)
             log(f"[{arm} r{r}] last: SAD {results[-2].means.get('sad', float('nan')):.2f}, "
                 f"best (epoch {results[-1].epoch}): SAD {results[-1].means.get('sad', float('nan')):.2f}")
     if rank != 0:
         return results
-    write_results(cfg, results)
-    atomic_write_json(cfg.out / "experiment.json",
-                      experiment_record(cfg, arms, device, timings, time.perf_counter() - t_start))
+    record = experiment_record(cfg, arms, device, timings, time.perf_counter() - t_start)
+    record["counts"] = counts
+    record["val_overlap"] = overlap
+    unequal = unequal_arms(counts)
+    record["unequal"] = unequal
+    atomic_write_json(cfg.out / "experiment.json", record)
+    if unequal and not cfg.allow_unequal:
+        raise ValueError(f"{cfg.out}: the arms did not train or score the same amounts ({'; '.join(unequal)}), so "
+                         "their table would not compare like with like; see experiment.json, find out why (the "
+                         "logs name failed composites), or pass --allow-unequal to write the table anyway")
+    write_results(cfg, results, overlap, unequal)
     return results
 
 
@@ -256,7 +329,8 @@ def experiment_record(cfg: ExperimentConfig, arms: dict[str, Any], device, timin
 
 
 def table(results: list[ArmResult], which: str, arms: list[str]) -> list[dict[str, Any]]:
-    """One row per arm: the mean of each metric over the repeats and, with several, the std."""
+    """One row per arm: the mean of each metric over the repeats and, with several, the sample
+    standard deviation (ddof=1: with 3 repeats the population one understates it by 18 %)."""
     rows = []
     for arm in arms:
         rs = [r for r in results if r.arm == arm and r.which == which]
@@ -264,12 +338,13 @@ def table(results: list[ArmResult], which: str, arms: list[str]) -> list[dict[st
         for m in METRICS:
             vals = [r.means[m] for r in rs if m in r.means]
             row[m] = float(np.mean(vals)) if vals else float("nan")
-            row[f"{m}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0
+            row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
         rows.append(row)
     return rows
 
 
-def write_results(cfg: ExperimentConfig, results: list[ArmResult]) -> None:
+def write_results(cfg: ExperimentConfig, results: list[ArmResult], overlap: list[dict[str, str]] | None = None,
+                  unequal: list[str] | None = None) -> None:
     """results.csv (every arm, last and best), results.md (the paper's layout), results.png."""
     import csv
     import io
@@ -288,7 +363,7 @@ def write_results(cfg: ExperimentConfig, results: list[ArmResult]) -> None:
     lines = [f"# GFM experiment: {cfg.backbone}/{cfg.rosta}, {cfg.epochs} epochs, {cfg.repeats} repeat(s)", ""]
     for which in ("last", "best"):
         label = "last epoch" if which == "last" else "best epoch by validation SAD"
-        lines += [f"## {label}", "", "| arm | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+        lines += [f"## {label}", "", "| arm | n | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
         for row in (r for r in rows if r["checkpoint"] == which):
             cells = []
             for m in METRICS:
@@ -297,9 +372,17 @@ def write_results(cfg: ExperimentConfig, results: list[ArmResult]) -> None:
                 if row["repeats"] > 1:
                     s += f" ± {row[f'{m}_std']:.4f}" if m == "mse" else f" ± {row[f'{m}_std']:.2f}"
                 cells.append(s)
-            lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row['arm']} | {row['repeats']} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("SAD, Grad, Conn, SAD-TRAN, SAD-FG, SAD-BG in thousands; lower is better.")
+    lines.append("SAD, Grad, Conn, SAD-TRAN, SAD-FG, SAD-BG in thousands; lower is better. n: repeats (seeds); "
+                 "with n > 1 each cell is the mean ± the sample standard deviation (ddof=1) over them.")
+    if overlap:
+        head = (f"**Validation overlap (--allow-val-overlap):** {len(overlap)} validation photo(s) are training "
+                "foregrounds, so these scores partly measure memory:")
+        lines += ["", head, ""]
+        lines += [f"- {o['val']} = {o['train']} ({o['how']})" for o in overlap]
+    if unequal:
+        lines += ["", "**Unequal arms (--allow-unequal):** " + "; ".join(unequal)]
     cards = dataset_cards(cfg)
     if cards:  # what each arm trained on, and under which terms (rssn.card)
         lines += ["", "## Data", ""] + [f"- {k}: [{v}]({v})" for k, v in cards.items()]

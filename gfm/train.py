@@ -14,7 +14,7 @@ import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,11 @@ class TrainConfig:
     bridge: bool = True
     pretrained: str = "none"
     crop: int = 320
-    batch_size: int = 4
+    batch_size: int | None = 4  # None: the checkpoint's on a resume, else default_batch_size for the device
     epochs: int = 10
     lr: float = 1e-5
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # loader processes; None: default_workers (cores per process, at most 8)
     device: str = "auto"
     amp: bool = True
     val: str | None = None
@@ -84,6 +84,7 @@ class TrainConfig:
     photo_fgbg: bool = True  # closed-form F and B for photos, so they get the composition loss too
     cache_dir: str | None = None  # the rssn cache (default: the user's)
     laplacian: str = "textbook"  # the Laplacian terms' pyramid: textbook | authors (gfm.losses)
+    allow_val_overlap: bool = False  # validate on training photos anyway (recorded in history.json)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, rosta=self.rosta, decoder=self.decoder, ppm=self.ppm,
@@ -116,6 +117,67 @@ def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list
     per = -(-n // world)
     order += order[: per * world - n]
     return order[rank::world]
+
+
+def training_images(cfg: TrainConfig, samples: list[Sample], dataset) -> list:
+    """Every training photo and foreground of the run (the files; shard members are not files)."""
+    if cfg.fg and cfg.bg:
+        return [it.image for it in dataset.items]
+    paths = [s.image for s in samples]
+    from .store import is_store
+
+    for d in cfg.data:  # a store: the folders it was packed from, where they still are
+        if is_store(d):
+            header = json.loads((Path(d) / "header.json").read_text())
+            for src in header.get("sources", []):
+                if Path(src).is_dir():
+                    paths += [s.image for s in find_samples(src)[0]]
+    return paths
+
+
+def check_val_overlap(cfg: TrainConfig, val_samples: list[Sample], train_paths: list) -> list[dict[str, str]]:
+    """The validation photos that are training photos: an error naming them unless
+    ``cfg.allow_val_overlap``, then returned so that the run records them."""
+    from .leakage import find_overlap, overlap_message
+
+    overlap = find_overlap([s.image for s in val_samples], train_paths, cfg.workers or None)
+    if overlap and not cfg.allow_val_overlap:
+        raise ValueError(f"--val {cfg.val}: {overlap_message(overlap)}")
+    return overlap
+
+
+def val_fingerprint(val_samples: list[Sample]) -> str | None:
+    """sha256 over the validation set's names, image bytes and matte bytes (None without --val):
+    best.pt compares SAD only within one validation set."""
+    import hashlib
+
+    if not val_samples:
+        return None
+    h = hashlib.sha256()
+    for s in sorted(val_samples, key=lambda s: s.name):
+        h.update(s.name.encode() + b"|")
+        for p in (s.image, s.alpha):
+            h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def check_resume_settings(path: str, ckpt: dict[str, Any], cfg: TrainConfig, world: int, val_fp: str | None) -> None:
+    """Refuse to resume with another batch size, learning rate, number of processes or
+    validation set: the run would silently become another experiment (the device may differ)."""
+    old = json.loads(ckpt["config"])
+    diffs = []
+    for key, option in (("batch_size", "--batch-size"), ("lr", "--lr")):
+        if old.get(key) is not None and old[key] != getattr(cfg, key):
+            diffs.append(f"{option} {old[key]} in the checkpoint, {getattr(cfg, key)} now")
+    if "world_size" in ckpt and int(ckpt["world_size"]) != world:
+        diffs.append(f"{int(ckpt['world_size'])} process(es) in the checkpoint, {world} now (the effective batch)")
+    if "val_fingerprint" in ckpt and (ckpt["val_fingerprint"] or None) != val_fp:
+        was = f"--val {old.get('val')}" if ckpt["val_fingerprint"] else "no --val"
+        diffs.append(f"{was} in the checkpoint, {'--val ' + str(cfg.val) if val_fp else 'no --val'} now, "
+                     "or its photos changed (best.pt compares SAD within one validation set)")
+    if diffs:
+        raise ValueError(f"{path}: the checkpoint was trained with other settings ({'; '.join(diffs)}); resume "
+                         "with the same settings, or train into another --out")
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state: TrainState, on_step,
@@ -212,9 +274,13 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
+def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfig, world: int = 1,
+                    val_fp: str | None = None, best_val_sad: float | None = None) -> dict[str, Any]:
     core = model.module if hasattr(model, "module") else model
     return {
+        "world_size": world,
+        "val_fingerprint": val_fp or "",
+        "best_val_sad": float("inf") if best_val_sad is None else best_val_sad,
         "format": CHECKPOINT_FORMAT,
         "model": core.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -329,18 +395,28 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     if cfg.val:
         val_samples, vf = find_samples(cfg.val)
         val_samples, vb = check_samples(val_samples)
+    overlap = check_val_overlap(cfg, val_samples, training_images(cfg, samples, dataset)) if val_samples else []
+    if overlap and is_main:
+        log(f"warning (--allow-val-overlap): {len(overlap)} validation photo(s) are training photos; "
+            "the validation SAD measures memory for them")
+    val_fp = val_fingerprint(val_samples)
+
+    resume = cfg.resume
+    if resume == "auto":
+        resume = str(out / "last.pt") if (out / "last.pt").exists() else None
+    ckpt = load_checkpoint(resume) if resume else None
+    if cfg.batch_size is None:  # the default: recorded in the checkpoint, never re-derived on another device
+        old_batch = json.loads(ckpt["config"]).get("batch_size") if ckpt else None
+        cfg = replace(cfg, batch_size=int(old_batch) if old_batch else default_batch_size(cfg.backbone, device.type))
 
     torch.manual_seed(cfg.seed)
     model = GFM(config=cfg.model_config(), pretrained=cfg.pretrained).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     state = TrainState()
+    best_val_sad = float("inf")
 
-    resume = cfg.resume
-    if resume == "auto":
-        resume = str(out / "last.pt") if (out / "last.pt").exists() else None
-    if resume:
-        ckpt = load_checkpoint(resume)
+    if ckpt is not None:
         old = model_config_of(ckpt)
         if old != cfg.model_config():
             diffs = [f"{k}: {v} in the checkpoint, {getattr(cfg.model_config(), k)} now"
@@ -357,19 +433,25 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         if old_lap != cfg.laplacian:
             raise ValueError(f"{resume}: the checkpoint was trained with --laplacian {old_lap}, not {cfg.laplacian}; "
                              f"resume with --laplacian {old_lap}, or train into another --out")
+        check_resume_settings(resume, ckpt, cfg, world, val_fp)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["torch_rng"])
         state = TrainState(int(ckpt["epoch"]), int(ckpt["step"]), json.loads(ckpt["history"]))
+        best_val_sad = float(ckpt.get("best_val_sad", min([h.get("val_sad", float("inf")) for h in state.history],
+                                                          default=float("inf"))))
         if is_main:
             log(f"resumed from {resume} after epoch {state.epoch} (step {state.step})")
+        del ckpt
+    synced_bn = False
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        if device.type == "cuda":  # SyncBatchNorm needs CUDA; CPU (gloo) runs keep per-rank statistics
+        if device.type == "cuda":  # SyncBatchNorm needs CUDA; CPU (gloo) runs broadcast rank 0's before validating
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            synced_bn = True
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     losses_csv = out / "losses.csv"
@@ -385,37 +467,94 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
             with open(f"{cfg.digest_log}.rank{rank}", "a") as f:
                 f.write(f"{step} {weights_digest(model)}\n")
 
+    workers = cfg.workers if cfg.workers is not None else default_workers(world)
     for epoch in range(state.epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         indices = _epoch_indices(len(dataset), cfg.seed, epoch, rank, world)
         loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=cfg.workers, drop_last=len(indices) >= cfg.batch_size,
-                            pin_memory=device.type == "cuda", collate_fn=collate,
-                            prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
+                            num_workers=workers, drop_last=len(indices) >= cfg.batch_size,
+                            pin_memory=device.type == "cuda", collate_fn=collate, worker_init_fn=worker_init,
+                            prefetch_factor=4 if workers else None, persistent_workers=False)
         t0 = time.perf_counter()
         means = train_one_epoch(model, loader, optimizer, scaler, device, epoch, state, on_step,
                                 cfg.max_steps_per_epoch, progress and is_main, cfg.laplacian)
+        if distributed:
+            means = _mean_over_ranks(means, device)
         state.epoch = epoch + 1
-        record = {"epoch": state.epoch, "seconds": round(time.perf_counter() - t0, 2), **means}
+        record = {"epoch": state.epoch, "seconds": round(time.perf_counter() - t0, 2), "step": state.step,
+                  "samples": len(dataset), **means}
         if val_samples:
+            if distributed and not synced_bn:
+                _broadcast_buffers(model)
             record.update(validate(model, val_samples, device, rank, world))
+            record["val_overlap"] = len(overlap)
         state.history.append(record)
         if is_main:
-            if "val_sad" in record and record["val_sad"] <= min(h.get("val_sad", float("inf")) for h in state.history):
+            # last.pt first, holding best_val_sad: a kill before best.pt is written leaves a run whose
+            # resume does not re-decide best (best.pt may then lag one epoch, never lead last.pt)
+            is_best = "val_sad" in record and record["val_sad"] <= best_val_sad
+            if is_best:
+                best_val_sad = record["val_sad"]
+            save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg, world, val_fp, best_val_sad),
+                            out / "last.pt")
+            if is_best:
                 core = model.module if hasattr(model, "module") else model
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "model": core.state_dict(), "epoch": state.epoch,
                                  "val_sad": record["val_sad"], "model_config": cfg.model_config().to_dict()},
                                 out / "best.pt")
-            save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg), out / "last.pt")
             _write_losses_csv(losses_csv, rows)
             plot_curves(rows, out / "loss_curves.png")
-            atomic_write_json(out / "history.json", state.history)
+            _write_history(out, state.history, overlap)
             log("epoch {epoch}: loss {loss:.4f}, waiting for data {share:.0%} of {seconds:.1f} s".format(
                 share=record["data_share"], **record) +
                 (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else ""))
+    if is_main and state.epoch >= cfg.epochs:  # also on a resume that found nothing left to do
+        _write_history(out, state.history, overlap)
     if distributed:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
     return state
+
+
+def _write_history(out: Path, history: list[dict[str, Any]], overlap: list[dict[str, str]]) -> None:
+    """history.json (one record per epoch); with --allow-val-overlap also val_overlap.json, the pairs."""
+    if overlap:
+        atomic_write_json(out / "val_overlap.json", overlap)
+    atomic_write_json(out / "history.json", history)
+
+
+def default_workers(world: int = 1) -> int:
+    """Loader processes per training process: the cores available to each, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // max(world, 1)))
+
+
+def worker_init(worker_id: int) -> None:
+    """In each loader process OpenCV uses one thread: the workers are the parallelism."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _mean_over_ranks(means: dict[str, float], device) -> dict[str, float]:
+    """The epoch's loss means averaged over the ranks (every rank runs the same number of steps)."""
+    import torch.distributed as dist
+
+    keys = sorted(means)
+    t = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def _broadcast_buffers(model) -> None:
+    """Rank 0's BatchNorm running statistics to every rank, so that all ranks validate one model."""
+    import torch.distributed as dist
+
+    core = model.module if hasattr(model, "module") else model
+    for buf in core.buffers():
+        dist.broadcast(buf.data, src=0)

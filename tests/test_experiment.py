@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from .conftest import run_cli, shared
-from .helpers import kill_when
 
 TRAIN, VAL = ("GT01", "GT05", "GT12"), ("GT02", "GT03")
 
@@ -32,8 +31,31 @@ def _backgrounds(root: Path) -> Path:
 
 def _args(fg: Path, bg: Path, val: Path, out: Path) -> list[str]:
     return ["gfm", "experiment", "--fg", str(fg), "--bg", str(bg), "--val", str(val), "--out", str(out),
-            "--arms", "plain,noise", "--per-fg", "1", "--epochs", "1", "--max-steps-per-epoch", "1", "--crop", "64",
+            "--arms", "plain,noise", "--per-fg", "1", "--epochs", "2", "--max-steps-per-epoch", "1", "--crop", "64",
             "--batch-size", "3", "--pretrained", "none", "--device", "cpu", "--workers", "1", "--quiet"]
+
+
+def kill_on_log(args: list[str], log: Path, text: str, timeout: float = 600) -> str:
+    """Run one of our commands in its own session with stderr in ``log``; SIGKILL its process
+    group as soon as a line holding ``text`` is logged. Returns the log."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / args[0]), *args[1:]], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and text.encode() not in log.read_bytes():
+            time.sleep(0.005)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return log.read_text()
 
 
 @pytest.mark.slow
@@ -52,7 +74,7 @@ def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
             assert float(r[m]) >= 0
         assert 0 <= float(r["mse"]) <= 1
     md = (ref / "results.md").read_text()
-    assert "| arm | SAD | MSE | MAD | Grad | Conn | SAD-TRAN | SAD-FG | SAD-BG |" in md and "| noise |" in md
+    assert "| arm | n | SAD | MSE | MAD | Grad | Conn | SAD-TRAN | SAD-FG | SAD-BG |" in md and "| noise | 1 |" in md
     for arm in ("plain", "noise"):  # each arm links the dataset card of the set it trained on
         assert f"- {arm}/r0: [arms/{arm}/r0/comp/DATASET.md](arms/{arm}/r0/comp/DATASET.md)" in md
         assert (ref / "arms" / arm / "r0" / "comp" / "DATASET.md").is_file()
@@ -67,9 +89,17 @@ def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
     assert differ == {"data", "out"}  # the same model, seed, schedule and samples; only the data
     assert doc["versions"]["torch"] == torch.__version__ and "timings_s" in doc
 
-    # killed while the second arm trains, then the same command: the same numbers
+    # the arms trained on, stepped and were scored on the same amounts, and say so
+    assert doc["counts"] == {f"{a}/r0": {"samples": 3, "epochs": 2, "steps": 2, "scored": 2} for a in ("plain", "noise")}
+    assert doc["unequal"] == [] and doc["val_overlap"] == []
+
+    # killed in the second arm's second epoch (its first is logged after its checkpoint), then the
+    # same command: the same numbers
     out = tmp_path / "killed"
-    kill_when(_args(fg, bg, val, out), out / "arms" / "noise" / "r0" / "run" / "losses.csv", 1, timeout=600)
+    text = kill_on_log(_args(fg, bg, val, out), tmp_path / "killed.log", "[noise r0] epoch 1:")
+    assert "[noise r0] epoch 1:" in text and "[noise r0] epoch 2:" not in text
+    run = out / "arms" / "noise" / "r0" / "run"
+    assert len(json.loads((run / "history.json").read_text())) == 1, "the kill did not land mid-training"
     assert not (out / "results.csv").exists()
     p = run_cli(*_args(fg, bg, val, out))
     assert p.returncode == 0, p.stderr
@@ -77,6 +107,13 @@ def test_experiment_table_arms_and_resume(tmp_path, monkeypatch):
     # a re-run of a finished experiment does nothing new and keeps the numbers
     p = run_cli(*_args(fg, bg, val, out))
     assert p.returncode == 0 and (out / "results.csv").read_text() == (ref / "results.csv").read_text()
+    # an arm scored on fewer photos: no table, unless --allow-unequal
+    ev = out / "arms" / "noise" / "r0" / "eval-last.json"
+    ev.write_text(json.dumps({**json.loads(ev.read_text()), "count": 1}))
+    p = run_cli(*_args(fg, bg, val, out))
+    assert p.returncode != 0 and "scored: noise/r0 1, plain/r0 2" in p.stderr and "--allow-unequal" in p.stderr
+    p = run_cli(*_args(fg, bg, val, out), "--allow-unequal")
+    assert p.returncode == 0 and "**Unequal arms (--allow-unequal):** scored: noise/r0 1" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("options,message", [

@@ -81,27 +81,66 @@ def test_learns_from_a_few_real_photos(tmp_path):
     assert doc["count"] == 12 and len(list((tmp_path / "evalpred").glob("*.png"))) == 12
 
 
+VAL = ("GT02", "GT03")  # validation photos the runs never train on
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    """Weights, BatchNorm statistics and the optimiser's moments bit for bit."""
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for i in sa:
+        for k, v in sa[i].items():
+            assert torch.equal(v, sb[i][k]), (i, k)
+
+
 @pytest.mark.slow
 def test_resume_after_an_interrupted_epoch_gives_the_same_weights(tmp_path):
+    """Killed in the third epoch and resumed with 2 loader workers, a run ends with the bytes of
+    an uninterrupted one loaded in the training process (0 workers): weights, optimiser state,
+    best_val_sad; a resume that finds nothing left to do writes a lost history.json again."""
     data = small_real_set(tmp_path / "data", height=96)
-    args = ("--epochs", "3", "--batch-size", "1", "--seed", "5")
-    _train(data, tmp_path / "ref", *args)
+    val = small_real_set(tmp_path / "val", height=64, names=VAL)
+    args = ("--epochs", "3", "--batch-size", "1", "--seed", "5", "--val", str(val))
+    _train(data, tmp_path / "ref", *args, "--workers", "0")
     out = tmp_path / "run"
     hist = out / "history.json"
     digest = tmp_path / "steps"
     # 3 photos at batch 1: steps 1-6 are epochs 1-2; kill once the third epoch's first step is logged
     kill_when(["gfm", "train", "--data", str(data), "--out", str(out), "--pretrained", "none", "--crop", "64",
-               "--lr", "1e-3", "--quiet", "--device", "cpu", *args, "--digest-log", str(digest)],
+               "--lr", "1e-3", "--quiet", "--device", "cpu", *args, "--workers", "2", "--digest-log", str(digest)],
               Path(f"{digest}.rank0"), 7, poll=0.005)
     assert len(json.loads(hist.read_text())) == 2, "the kill did not land in the third epoch"
-    _train(data, out, *args, "--resume", "auto")
+    _train(data, out, *args, "--workers", "2", "--resume", "auto")
     a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(out / "last.pt")
-    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+    assert a["epoch"] == 3
+    _assert_same_state(a, b)
+    history = json.loads(hist.read_text())
+
+    def numbers(h: list[dict]) -> list[dict]:  # the losses and scores, not the seconds
+        return [{k: v for k, v in r.items() if k not in ("seconds", "data_s", "compute_s", "data_share")} for r in h]
+
+    assert numbers(history) == numbers(json.loads((tmp_path / "ref" / "history.json").read_text()))
+    # last.pt carries the best validation SAD, and best.pt is that epoch's
+    best = min(h["val_sad"] for h in history)
+    assert b["best_val_sad"] == best == load_checkpoint(out / "best.pt")["val_sad"]
+    assert all(h["val_overlap"] == 0 for h in history)  # the leakage check ran and found none
     assert not list(out.glob(".tmp-*"))
     steps = [int(l.split(",")[1]) for l in (out / "losses.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) == list(range(1, 10))
+    # killed after last.pt but before history.json: a resume with nothing left to do writes it
+    hist.unlink()
+    _train(data, out, *args, "--resume", "auto")
+    assert json.loads(hist.read_text()) == history
+    # the batch, the learning rate and the validation set of a resumed run cannot change
+    for change, named in ((("--batch-size", "2"), "--batch-size 1 in the checkpoint, 2 now"),
+                          (("--lr", "1e-4"), "--lr 0.001 in the checkpoint, 0.0001 now")):
+        p = _train(data, out, *args, *change, "--resume", "auto", check=False)
+        assert p.returncode != 0 and named in p.stderr, p.stderr
+    p = _train(data, out, "--epochs", "3", "--batch-size", "1", "--seed", "5", "--resume", "auto", check=False)
+    assert p.returncode != 0 and "no --val now" in p.stderr, p.stderr
 
 
 def test_composite_data_uses_the_composition_loss_and_mismatch_is_an_error(tmp_path):
@@ -136,9 +175,10 @@ def test_on_the_fly_composites_train_with_the_composition_loss(tmp_path):
     from .helpers import make_tiny_set
 
     fg, bg = make_tiny_set(tmp_path / "src", n_fg=2, n_bg=2, fg_hw=(96, 96), bg_hw=(120, 120))
+    val, _ = make_tiny_set(tmp_path / "val", n_fg=2, n_bg=1, fg_hw=(96, 96), bg_hw=(120, 120), seed=1)  # other photos
     proc = run_cli("gfm", "train", "--fg", str(fg), "--bg", str(bg), "--per-fg", "2", "--out", str(tmp_path / "run"),
                    "--pretrained", "none", "--crop", "64", "--batch-size", "2", "--epochs", "2", "--quiet",
-                   "--denoise-p", "0", "--device", "cpu", "--cache", str(tmp_path / "cache"), "--val", str(fg))
+                   "--denoise-p", "0", "--device", "cpu", "--cache", str(tmp_path / "cache"), "--val", str(val))
     assert proc.returncode == 0, proc.stderr
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(hist) == 2 and all(h["comp"] > 0 for h in hist)
