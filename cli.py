@@ -677,7 +677,8 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
         _fail_usage(str(exc))
     cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, decoder=decoder, ppm=not no_ppm,
                       bridge=not no_bridge, pretrained=pretrained, crop=crop,
-                      batch_size=batch_size, epochs=epochs, photo_fgbg=photo_fgbg, cache_dir=cache_dir, lr=lr, seed=seed, workers=workers, device=device,
+                      batch_size=batch_size, epochs=epochs, photo_fgbg=photo_fgbg, cache_dir=cache_dir, lr=lr, seed=seed,
+                      workers=workers, device=device,
                       amp=not no_amp, val=val, max_steps_per_epoch=max_steps_per_epoch, resume=resume,
                       fg=fg_dir, bg=bg_dir, per_fg=per_fg, route_options=route, digest_log=digest_log,
                       laplacian=laplacian, allow_val_overlap=allow_val_overlap)

@@ -70,7 +70,10 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-5
     seed: int = 0
-    workers: int | None = None  # loader processes; None: default_workers (cores per process, at most 8)
+    # loader processes. 0 (the default for Python callers): load in this process, safe from any caller;
+    # a process that has run thread pools (numba, OpenBLAS: metrics, closed-form solves) can deadlock
+    # the workers it forks. `gfm train` (a fresh process) passes default_workers(); None means that too.
+    workers: int | None = 0
     device: str = "auto"
     amp: bool = True
     val: str | None = None
