@@ -862,7 +862,8 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=None, type=click.IntRange(min=1),
-              help="Compose processes  [default: all cores]")
+              help="Compose processes, and loader processes of each arm's training  [default: all cores to "
+                   "compose, gfm train's default to load]")
 @click.option("--denoise-profile", type=BM3D_PROFILES, default=None, help="BM3D profile for every arm.")
 @click.option("--allow-val-overlap", is_flag=True,
               help="Validate on photos that are also training foregrounds anyway; results.md lists them.")
@@ -915,6 +916,7 @@ def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repe
             or default_batch_size(backbone, dev.type)
     cfg = with_arms(ExperimentConfig(fg=fg_dir, bg=bg_dir, val=val_dir, out=out_dir, arms=(), repeats=repeats,
                                      per_fg=per_fg, seed=seed, compose_workers=workers or os.cpu_count() or 1,
+                                     loader_workers=workers,
                                      cache_dir=cache_dir, denoise_profile=denoise_profile, backbone=backbone,
                                      rosta=rosta, pretrained=pretrained, crop=crop,
                                      batch_size=batch_size, epochs=epochs, lr=lr,

@@ -101,9 +101,7 @@ class ExperimentConfig:
     lr: float = 1e-5
     max_steps_per_epoch: int | None = None
     device: str = "auto"
-    # Not yet passed to training: a loader process forked after an arm's evaluation (gfm.evaluate in
-    # this process) hangs before it starts (seen on CPU, #29); the arms load in the training process.
-    loader_workers: int | None = 0
+    loader_workers: int | None = 0  # gfm train --workers for every arm; None: its default
     laplacian: str = "textbook"
     allow_val_overlap: bool = False  # validate on training photos anyway (recorded in results.md)
     allow_unequal: bool = False  # write the table even when arms trained or scored different amounts
@@ -133,7 +131,7 @@ def train_config(cfg: ExperimentConfig, data: tuple[str, ...], out: Path, seed: 
 
     return TrainConfig(data=data, out=str(out), backbone=cfg.backbone, rosta=cfg.rosta, pretrained=cfg.pretrained,
                        crop=cfg.crop, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, seed=seed,
-                       workers=0, device=cfg.device, val=str(cfg.val),  # see loader_workers
+                       workers=cfg.loader_workers, device=cfg.device, val=str(cfg.val),
                        max_steps_per_epoch=cfg.max_steps_per_epoch, resume="auto",
                        cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None, laplacian=cfg.laplacian,
                        allow_val_overlap=cfg.allow_val_overlap)

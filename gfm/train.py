@@ -70,9 +70,8 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-5
     seed: int = 0
-    # loader processes. 0 (the default for Python callers): load in this process, safe from any caller;
-    # a process that has run thread pools (numba, OpenBLAS: metrics, closed-form solves) can deadlock
-    # the workers it forks. `gfm train` (a fresh process) passes default_workers(); None means that too.
+    # loader processes; None: default_workers(). 0 (the default for Python callers) loads in this
+    # process. Workers start from a fresh forkserver (loader_context), so any caller may ask for them.
     workers: int | None = 0
     device: str = "auto"
     amp: bool = True
@@ -477,7 +476,8 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
                             num_workers=workers, drop_last=len(indices) >= cfg.batch_size,
                             pin_memory=device.type == "cuda", collate_fn=collate, worker_init_fn=worker_init,
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
+                            prefetch_factor=4 if workers else None, persistent_workers=False,
+                            multiprocessing_context=loader_context() if workers else None)
         t0 = time.perf_counter()
         means = train_one_epoch(model, loader, optimizer, scaler, device, epoch, state, on_step,
                                 cfg.max_steps_per_epoch, progress and is_main, cfg.laplacian)
@@ -535,6 +535,23 @@ def default_workers(world: int = 1) -> int:
     except AttributeError:
         cores = os.cpu_count() or 1
     return max(1, min(8, cores // max(world, 1)))
+
+
+def loader_context():
+    """The start method of loader workers: a forkserver with the data modules preloaded.
+
+    Workers forked from the training process itself hung before their first sample when that
+    process had run thread pools (numba and OpenBLAS in evaluation, closed-form solves: seen in
+    `gfm experiment`, #29); a forkserver is a fresh single-threaded process, and forking from it
+    with the modules already imported keeps the start-up per epoch short. None (the platform's
+    default) where there is no forkserver."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return None
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "cv2", "numpy", "gfm.data", "gfm.store"])
+    return ctx
 
 
 def worker_init(worker_id: int) -> None:

@@ -171,6 +171,7 @@ def test_offline_imagenet_is_one_clear_error(tmp_path, monkeypatch):
         _resnet34("imagenet")
 
 
+@pytest.mark.slow
 def test_on_the_fly_composites_train_with_the_composition_loss(tmp_path):
     from .helpers import make_tiny_set
 
