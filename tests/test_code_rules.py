@@ -1,0 +1,29 @@
+"""The written rules of the code, checked: ARCHITECTURE.md's import rules (contracts in setup.cfg,
+checked by import-linter) and the lint rules in pyproject.toml (ruff)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return str(exe)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed: pip install -e '.[test]' installs it")
+    return found
+
+
+def test_imports_follow_architecture_md():
+    """Every contract of setup.cfg's [importlinter] holds (which package may import which)."""
+    p = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "0 broken" in p.stdout
