@@ -11,7 +11,9 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -22,9 +24,21 @@ from rssn.denoise import PROFILES as DENOISE_PROFILES
 EXIT_OK, EXIT_NOTHING_MADE, EXIT_USAGE = 0, 1, 2
 
 
-def _fail_usage(msg: str) -> None:
+T = TypeVar("T")
+
+
+def _fail_usage(msg: str) -> NoReturn:
     click.echo(f"Error: {msg}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _config(cls: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Build a command's configuration; the checks it makes itself (``__post_init__``) end the
+    command as a usage error, like the options' own checks."""
+    try:
+        return cls(*args, **kwargs)
+    except ValueError as exc:
+        _fail_usage(str(exc))
 
 
 def check_output_folder(out: Path, inputs: dict[str, Path], outputs_of_file=None) -> None:
@@ -384,9 +398,11 @@ def rssn_audit(sets: tuple[str, ...], reference: str | None, out_dir: Path, clas
     names = [n for n, _ in parsed]
     if len(set(names)) != len(names):
         _fail_usage(f"--set names must differ: {', '.join(names)}")
+    if reference is not None and reference not in names:
+        _fail_usage(f"--reference {reference!r} is not one of the sets ({', '.join(names)})")
     check_output_folder(out_dir, {f"--set {n}": p for n, p in parsed if p.exists()})
     check_writable(out_dir)
-    cfg = AuditConfig(sets=tuple(parsed), out_dir=out_dir, reference=reference,
+    cfg = _config(AuditConfig, sets=tuple(parsed), out_dir=out_dir, reference=reference,
                       classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
                       workers=workers or os.cpu_count() or 1, **opts)
     from bg20k.screen import DetectorError
@@ -537,7 +553,7 @@ def bg20k_build(src_dirs, url_files, out_dir, hash_name, classes, no_screen, wor
         _fail_usage(f"--user-agent-contact {user_agent_contact!r}: give an http(s):// or mailto: address, no spaces")
     check_output_folder(out_dir, {f"--src {d}": d for d in src_dirs})
     check_writable(out_dir)
-    cfg = BuildConfig(out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
+    cfg = _config(BuildConfig, out_dir=out_dir, src_dirs=tuple(src_dirs), url_files=tuple(url_files), hash=hash_name,
                       disallowed_header_directives=wanted, user_agent_contact=user_agent_contact,
                       screen=not no_screen, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
                       workers=workers or os.cpu_count() or 1, licenses=allowed, **opts)
@@ -675,7 +691,7 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
         pick_device(device)
     except RuntimeError as exc:
         _fail_usage(str(exc))
-    cfg = TrainConfig(data=tuple(data), out=out, backbone=backbone, rosta=rosta, decoder=decoder, ppm=not no_ppm,
+    cfg = _config(TrainConfig, data=tuple(data), out=out, backbone=backbone, rosta=rosta, decoder=decoder, ppm=not no_ppm,
                       bridge=not no_bridge, pretrained=pretrained, crop=crop,
                       batch_size=batch_size, epochs=epochs, photo_fgbg=photo_fgbg, cache_dir=cache_dir, lr=lr, seed=seed,
                       workers=workers, device=device,
@@ -1152,7 +1168,7 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
         run_predict(model, [s.image for s in samples], pred_dir, dev, progress=not quiet)
     if pred_dir is None or gt_dir is None:
         _fail_usage("give --pred and --gt, or --checkpoint and --data")
-    cfg = EvalConfig(pred_dir, gt_dir, trimap_dir, protocol, trimap_kernel, error_maps)
+    cfg = _config(EvalConfig, pred_dir, gt_dir, trimap_dir, protocol, trimap_kernel, error_maps)
     result = run_eval(cfg, progress=not quiet)
     if out_csv:
         write_csv(result, out_csv)

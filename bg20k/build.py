@@ -33,6 +33,7 @@ from rssn.imageio import (
     DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, atomic_write_json, list_images,
     remove_stale_temporaries,
 )
+from rssn.checks import check_choice_setting, check_int_setting, check_number_setting
 from rssn.manifest import Manifest
 
 from .dedup import assign_groups, hash_to_int
@@ -82,6 +83,22 @@ class BuildConfig:
     disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
     user_agent_contact: str | None = None
     max_per_host: int = 2
+
+    def __post_init__(self) -> None:
+        """The ranges `bg20k build`'s options enforce, for Python callers too."""
+        own = "BuildConfig"
+        for key, lo, hi in (("min_short_side", 1, None), ("target_short_side", 1, None), ("quality", 1, 100),
+                            ("dedup_distance", 0, 32), ("detect_batch", 1, None), ("imgsz", 32, None),
+                            ("workers", 1, None), ("download_workers", 1, None), ("max_bytes", 1, None),
+                            ("max_redirects", 0, None), ("retries", 0, None), ("max_pixels", 1, None),
+                            ("max_per_host", 1, None)):
+            check_int_setting(own, key, getattr(self, key), lo, hi)
+        for key in ("conf", "min_box_fraction", "val_fraction"):
+            check_number_setting(own, key, getattr(self, key), 0.0, 1.0)
+        check_number_setting(own, "timeout", self.timeout, 0.0, lo_open=True)
+        check_choice_setting(own, "hash", self.hash, HASHES)
+        check_choice_setting(own, "chroma", self.chroma, ("444", "422", "420"))
+        check_choice_setting(own, "executor", self.executor, ("local", "ray"))
 
 
 # the crawl policy is re-applied on every run (see _done), so changing it never blocks a re-run

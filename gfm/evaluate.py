@@ -19,6 +19,7 @@ import numpy as np
 
 from rssn.imageio import (ImageReadError, Matte, atomic_write_bytes, atomic_write_json, read_matte, read_trimap,
                           write_image)
+from rssn.checks import check_choice_setting, check_int_setting
 from rssn.layout import files_by_stem
 
 from .metrics import METRIC_COLUMNS, evaluate_dim, evaluate_gfm
@@ -37,6 +38,12 @@ class EvalConfig:
     protocol: str = "dim"
     trimap_kernel: int = 25
     error_maps: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.pred_dir is None or self.gt_dir is None:
+            raise ValueError("EvalConfig: give pred_dir and gt_dir (the predictions and the ground-truth mattes)")
+        check_choice_setting("EvalConfig", "protocol", self.protocol, tuple(PROTOCOL_COLUMNS))
+        check_int_setting("EvalConfig", "trimap_kernel", self.trimap_kernel, 1)
 
 
 @dataclass

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rssn.checks import check_choice_setting, check_int_setting, check_number_setting
 from rssn.imageio import atomic_write_bytes, atomic_write_json
 from rssn.seeding import derive_rng
 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_config_of, save_checkpoint
 from .data import MattingDataset, Sample, check_samples, collate, find_samples, to_device
-from .losses import gfm_loss
+from .losses import LAPLACIAN_KINDS, gfm_loss
 from .model import GFM, ModelConfig
 
 LOSS_TERMS = ("loss", "ce", "focus_alpha", "focus_lap", "fusion_alpha", "fusion_lap", "comp")
@@ -87,6 +88,23 @@ class TrainConfig:
     cache_dir: str | None = None  # the rssn cache (default: the user's)
     laplacian: str = "textbook"  # the Laplacian terms' pyramid: textbook | authors (gfm.losses)
     allow_val_overlap: bool = False  # validate on training photos anyway (recorded in history.json)
+
+    def __post_init__(self) -> None:
+        """The ranges `gfm train`'s options enforce, for Python callers too (`gfm experiment`)."""
+        own = "TrainConfig"
+        self.model_config()  # backbone, RoSTa, decoder: ModelConfig checks them
+        check_int_setting(own, "crop", self.crop, 64)
+        if self.crop % 32:
+            raise ValueError(f"{own}: crop {self.crop}: must be a multiple of 32")
+        check_int_setting(own, "batch_size", self.batch_size, 1, optional=True)
+        check_int_setting(own, "epochs", self.epochs, 1)
+        check_number_setting(own, "lr", self.lr, 0.0, lo_open=True)
+        check_int_setting(own, "workers", self.workers, 0, optional=True)
+        check_int_setting(own, "max_steps_per_epoch", self.max_steps_per_epoch, 1, optional=True)
+        check_int_setting(own, "per_fg", self.per_fg, 1)
+        check_choice_setting(own, "laplacian", self.laplacian, LAPLACIAN_KINDS)
+        if not self.data and not (self.fg and self.bg):
+            raise ValueError(f"{own}: give data (folders, shards or stores), or fg and bg for on-the-fly composites")
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, rosta=self.rosta, decoder=self.decoder, ppm=self.ppm,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_choice_setting, check_int_setting, check_number_setting
 from .imageio import ImageReadError, read_image, read_matte, read_rgba, remove_stale_temporaries
 from .layout import LayoutError, MATTE_DIRS, PHOTO_DIRS, find_foregrounds
 from .manifest import Manifest
@@ -61,6 +62,23 @@ class AuditConfig:
     workers: int = 1
     executor: str = "local"
     ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        """The ranges `rssn audit`'s options enforce, for Python callers too."""
+        own = "AuditConfig"
+        if not self.sets:
+            raise ValueError(f"{own}: give at least one (name, folder) set")
+        names = [n for n, _ in self.sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{own}: set names must differ, got {', '.join(names)}")
+        if self.reference is not None and self.reference not in names:
+            raise ValueError(f"{own}: reference {self.reference!r} is not one of the sets ({', '.join(names)})")
+        for key, lo in (("erode", 0), ("imgsz", 32), ("far", 0), ("workers", 1)):
+            check_int_setting(own, key, getattr(self, key), lo)
+        check_int_setting(own, "limit", self.limit, 1, optional=True)
+        for key in ("conf", "min_box_fraction"):
+            check_number_setting(own, key, getattr(self, key), 0.0, 1.0)
+        check_choice_setting(own, "executor", self.executor, ("local", "ray"))
 
 
 @dataclass

@@ -208,3 +208,44 @@ def photo8(a: object, func: str, name: str = "image") -> np.ndarray:
                 "; for floats on 0-255: np.rint(x).astype(np.uint8)"
         raise _refuse(func, name, describe(a), want + scale)
     return a
+
+
+# ------------------------------------------------------------------ settings
+# Configuration dataclasses validate themselves with these when built (`__post_init__`), so a
+# Python caller gets the sentence the CLI gives, not a wrong run: ``ValueError("TrainConfig:
+# epochs 0: must be an integer >= 1")``.
+
+
+def _setting(owner: str, key: str, value: object, rule: str) -> ValueError:
+    return ValueError(f"{owner}: {key.replace('_', '-')} {value!r}: {rule}")
+
+
+def check_int_setting(owner: str, key: str, value: object, lo: int, hi: int | None = None, *,
+                      optional: bool = False) -> None:
+    """``value`` is an integer in [lo, hi] (None allowed when ``optional``)."""
+    if value is None and optional:
+        return
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            and value >= lo and (hi is None or value <= hi)):
+        raise _setting(owner, key, value, f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+
+
+def check_number_setting(owner: str, key: str, value: object, lo: float, hi: float | None = None, *,
+                         lo_open: bool = False, optional: bool = False) -> None:
+    """``value`` is a finite number >= lo (> lo when ``lo_open``) and <= hi."""
+    if value is None and optional:
+        return
+    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+          and np.isfinite(value) and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi))
+    if not ok:
+        rule = f"must be a finite number {'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise _setting(owner, key, value, rule)
+
+
+def check_choice_setting(owner: str, key: str, value: object, choices: tuple[str, ...] | list[str], *,
+                         optional: bool = False) -> None:
+    """``value`` is one of ``choices`` (None allowed when ``optional``)."""
+    if value is None and optional:
+        return
+    if value not in choices:
+        raise _setting(owner, key, value, f"choose one of {', '.join(choices)}")
