@@ -412,9 +412,17 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     if len(dataset) == 0:
         raise ValueError("no usable training sample in " + ", ".join(cfg.data))
     val_samples: list[Sample] = []
+    val_skipped: list[tuple[str, str]] = []  # unreadable or unpaired validation files: named, counted
     if cfg.val:
         val_samples, vf = find_samples(cfg.val)
         val_samples, vb = check_samples(val_samples)
+        val_skipped = [(str(p), r) for p, r in vf + vb]
+        if is_main:
+            for path, reason in val_skipped:
+                log(f"skipped validation file {path}: {reason}")
+        if not val_samples:
+            raise ValueError(f"--val {cfg.val}: no readable photo with a matte" +
+                             (f" ({len(val_skipped)} file(s) skipped, named above)" if val_skipped else ""))
     overlap = check_val_overlap(cfg, val_samples, training_images(cfg, samples, dataset)) if val_samples else []
     if overlap and is_main:
         log(f"warning (--allow-val-overlap): {len(overlap)} validation photo(s) are training photos; "
@@ -509,6 +517,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
                 _broadcast_buffers(model)
             record.update(validate(model, val_samples, device, rank, world))
             record["val_overlap"] = len(overlap)
+            record["val_skipped"] = len(val_skipped)
         state.history.append(record)
         if is_main:
             # last.pt first, holding best_val_sad: a kill before best.pt is written leaves a run whose
@@ -525,12 +534,12 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
                                 out / "best.pt")
             _write_losses_csv(losses_csv, rows)
             plot_curves(rows, out / "loss_curves.png")
-            _write_history(out, state.history, overlap)
+            _write_history(out, state.history, overlap, val_skipped)
             log("epoch {epoch}: loss {loss:.4f}, waiting for data {share:.0%} of {seconds:.1f} s".format(
                 share=record["data_share"], **record) +
                 (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else ""))
     if is_main and state.epoch >= cfg.epochs:  # also on a resume that found nothing left to do
-        _write_history(out, state.history, overlap)
+        _write_history(out, state.history, overlap, val_skipped)
     if distributed:
         import torch.distributed as dist
 
@@ -539,10 +548,14 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     return state
 
 
-def _write_history(out: Path, history: list[dict[str, Any]], overlap: list[dict[str, str]]) -> None:
-    """history.json (one record per epoch); with --allow-val-overlap also val_overlap.json, the pairs."""
+def _write_history(out: Path, history: list[dict[str, Any]], overlap: list[dict[str, str]],
+                   val_skipped: list[tuple[str, str]]) -> None:
+    """history.json (one record per epoch, with the counts); with --allow-val-overlap also
+    val_overlap.json, the pairs; with validation files skipped, val_skipped.json names them."""
     if overlap:
         atomic_write_json(out / "val_overlap.json", overlap)
+    if val_skipped:
+        atomic_write_json(out / "val_skipped.json", [{"input": p, "reason": r} for p, r in val_skipped])
     atomic_write_json(out / "history.json", history)
 
 

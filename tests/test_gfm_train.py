@@ -177,6 +177,8 @@ def test_on_the_fly_composites_train_with_the_composition_loss(tmp_path):
 
     fg, bg = make_tiny_set(tmp_path / "src", n_fg=2, n_bg=2, fg_hw=(96, 96), bg_hw=(120, 120))
     val, _ = make_tiny_set(tmp_path / "val", n_fg=2, n_bg=1, fg_hw=(96, 96), bg_hw=(120, 120), seed=1)  # other photos
+    (val / "image" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")  # unreadable: named and counted
+    (val / "alpha" / "cut.png").write_bytes((val / "alpha" / "f00.png").read_bytes())
     proc = run_cli("gfm", "train", "--fg", str(fg), "--bg", str(bg), "--per-fg", "2", "--out", str(tmp_path / "run"),
                    "--pretrained", "none", "--crop", "64", "--batch-size", "2", "--epochs", "2", "--quiet",
                    "--denoise-p", "0", "--device", "cpu", "--cache", str(tmp_path / "cache"), "--val", str(val))
@@ -184,6 +186,9 @@ def test_on_the_fly_composites_train_with_the_composition_loss(tmp_path):
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(hist) == 2 and all(h["comp"] > 0 for h in hist)
     assert all(0 <= h["val_mse"] <= 1 and h["val_sad"] >= 0 for h in hist) and "val SAD" in proc.stderr
+    assert all(h["val_skipped"] == 1 for h in hist) and "skipped validation file" in proc.stderr
+    assert [r["input"] for r in json.loads((tmp_path / "run" / "val_skipped.json").read_text())] == \
+        [str(val / "image" / "cut.png")]
     steps = (tmp_path / "run" / "losses.csv").read_text().splitlines()
     assert len(steps) == 1 + 2 * 2  # 4 composites a epoch in batches of 2
     assert list((tmp_path / "cache").glob("fg-cf/*/*.png"))  # foreground estimates shared through the cache
