@@ -27,6 +27,7 @@ from .foreground import ALGORITHM_VERSION, FG_METHODS, estimate_foreground
 from .imageio import (
     ImageReadError,
     Matte,
+    failure_code,
     list_images,
     read_image,
     read_matte,
@@ -349,7 +350,7 @@ def compose_unit(unit: Unit, cfg: ComposeConfig) -> list[dict[str, Any]]:
         state = ForegroundState(item, cfg, cache)
     except (ImageReadError, ValueError, OSError) as exc:
         return [_failure(getattr(exc, "path", str(item.image)), _reason(exc), "foreground", item.stem,
-                         slots=len(unit.slots))]
+                         slots=len(unit.slots), code=failure_code(exc))]
     probs = cfg.probabilities
     records = []
     for slot, bg_path in unit.slots:
@@ -357,7 +358,8 @@ def compose_unit(unit: Unit, cfg: ComposeConfig) -> list[dict[str, Any]]:
         try:
             records.append(_compose_one(state, cid, slot, bg_path, probs, cache))
         except (ImageReadError, ValueError, OSError) as exc:
-            records.append(_failure(getattr(exc, "path", bg_path), _reason(exc), "composite", cid))
+            records.append(_failure(getattr(exc, "path", bg_path), _reason(exc), "composite", cid,
+                                    code=failure_code(exc)))
     return records
 
 
@@ -431,9 +433,11 @@ def _reason(exc: BaseException) -> str:
     return exc.reason if isinstance(exc, ImageReadError) else f"{exc.__class__.__name__}: {exc}"
 
 
-def _failure(path: str, reason: str, scope: str, id: str | None = None, slots: int = 1) -> dict[str, Any]:
-    """A failure record; ``scope`` is input (pairing), foreground (all its slots) or composite."""
-    return {"key": f"failure:{id or path}", "type": "failure", "scope": scope, "id": id,
+def _failure(path: str, reason: str, scope: str, id: str | None = None, slots: int = 1,
+             code: str = "error") -> dict[str, Any]:
+    """A failure record; ``scope`` is input (pairing), foreground (all its slots) or composite;
+    ``code`` one of `rssn.imageio.FAILURE_CODES` (what to do about it), ``reason`` the sentence."""
+    return {"key": f"failure:{id or path}", "type": "failure", "scope": scope, "id": id, "code": code,
             "input": str(path), "reason": reason, "slots": slots if scope != "input" else 0}
 
 
@@ -496,7 +500,7 @@ def run_units(units: list[Unit], cfg: ComposeConfig, on_done: Callable[[list[dic
                 if exc is not None:  # a crashed worker fails its unit, not the run
                     unit = part[i]
                     records = [_failure(str(unit.item.image), f"worker failed: {exc.__class__.__name__}: {exc}",
-                                        "foreground", unit.item.stem, slots=len(unit.slots))]
+                                        "foreground", unit.item.stem, slots=len(unit.slots), code="worker_crashed")]
                 on_done(records)
 
 
@@ -521,7 +525,7 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
         units, input_failures, summary = plan(cfg, manifest, prov)
     summary.withdrawn = withdrawn
     for f in input_failures:
-        _record_failure(manifest, summary, _failure(f.path, f.reason, "input"))
+        _record_failure(manifest, summary, _failure(f.path, f.reason, "input", code="unusable_input"))
 
     bar = tqdm(total=sum(len(u.slots) for u in units), unit="composite", disable=not progress, dynamic_ncols=True,
                desc="composites")
@@ -543,7 +547,7 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
                 summary.made += 1
                 bar.update(1)
             else:
-                if "No space left on device" in rec["reason"]:
+                if rec.get("code") == "disk_full":  # by errno, not by the message's wording
                     raise DiskFullError(f"the disk of {cfg.out_dir} is full ({rec['reason']}); free some space "
                                         "and run the same command again: it resumes where it stopped")
                 _record_failure(manifest, summary, rec)
@@ -569,7 +573,7 @@ def run_compose(cfg: ComposeConfig, progress: bool = True) -> Summary:
 
 def _record_failure(manifest: Manifest, summary: Summary, rec: dict[str, Any]) -> None:
     manifest.append(rec)
-    summary.failures.append({"input": rec["input"], "reason": rec["reason"]})
+    summary.failures.append({"input": rec["input"], "code": rec.get("code", "error"), "reason": rec["reason"]})
     if rec["scope"] == "composite":
         summary.failed_composites += 1
     else:

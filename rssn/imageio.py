@@ -8,6 +8,7 @@ values) and their float32 version in [0, 1]. Every writer goes through
 """
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -48,6 +49,26 @@ class ImageReadError(ValueError):
 
     def __reduce__(self):  # rebuilt from (path, reason) when a worker process sends it back
         return type(self), (self.path, self.reason)
+
+
+# Stable codes of failure records, beside the human reason: grouping, exit decisions and
+# reports use the code, never the reason's text.
+FAILURE_CODES = ("unreadable", "unusable_input", "disk_full", "io_error", "invalid", "worker_crashed", "error")
+
+
+def failure_code(exc: BaseException) -> str:
+    """The failure code of an exception met while processing one item: ``disk_full`` by errno
+    (ENOSPC, EDQUOT), ``unreadable`` for an input that cannot be decoded, ``io_error`` for any
+    other OS error, ``invalid`` for a value refused, else ``error``."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full"
+    if isinstance(exc, ImageReadError):
+        return "unreadable"
+    if isinstance(exc, OSError):
+        return "io_error"
+    if isinstance(exc, ValueError):
+        return "invalid"
+    return "error"
 
 
 @dataclass(frozen=True)

@@ -313,3 +313,41 @@ def test_lockstep_cg_matches_pymatting_cg_column_by_column():
     for c in range(3):
         np.testing.assert_allclose(X[:, c], cg(A, B[:, c], M=factor, rtol=1e-10), rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(A @ X, B, atol=1e-8)
+
+
+def test_failure_codes_and_a_full_disk_recognised_by_errno(tmp_path, monkeypatch):
+    """Failure records carry a stable code beside the reason; a full disk is recognised by errno
+    (ENOSPC, whatever the message says, in any language) and stops the run, which resumes later;
+    any other write error fails that composite only."""
+    import errno
+
+    import rssn.compose as compose
+    from rssn.imageio import ImageReadError, failure_code
+
+    assert failure_code(OSError(errno.ENOSPC, "Plus d'espace disponible")) == "disk_full"
+    assert failure_code(OSError(errno.EDQUOT, "quota")) == "disk_full"
+    assert failure_code(OSError(errno.EIO, "No space left on device")) == "io_error"  # the errno decides
+    assert failure_code(ImageReadError("x.png", "not an image")) == "unreadable"
+    assert failure_code(ValueError("bad")) == "invalid"
+
+    fg, bg = make_tiny_set(tmp_path / "src", n_fg=1, n_bg=1)
+    cfg = compose.ComposeConfig(fg_dir=fg, bg_dir=bg, out_dir=tmp_path / "out", per_fg=1, seed=0, denoise_p=0.0,
+                                cache_dir=tmp_path / "cache")
+    units, _, _ = compose.plan(cfg, compose.Manifest(tmp_path / "plan.jsonl"))
+
+    def failing_write(errnum):
+        def write(*a, **k):
+            raise OSError(errnum, "write failed")
+        return write
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(compose, "write_image", failing_write(errno.EIO))
+    [rec] = compose.compose_unit(units[0], cfg)
+    assert rec["type"] == "failure" and rec["code"] == "io_error" and rec["scope"] == "composite"
+    monkeypatch.setattr(compose, "write_image", failing_write(errno.ENOSPC))
+    [full] = compose.compose_unit(units[0], cfg)
+    assert full["code"] == "disk_full" and "No space left" not in full["reason"]
+
+    monkeypatch.setattr(compose, "run_units", lambda units, cfg, on_done, on_shared=None: on_done([full]))
+    with pytest.raises(compose.DiskFullError, match="run the same command again"):
+        compose.run_compose(cfg, progress=False)
