@@ -40,7 +40,7 @@ def test_window_path_gives_the_whole_image_paths_tensors(tmp_path):
     only), the image minus the noise-free blend has a standard deviation of sigma at source
     resolution: sqrt(sigma^2 + 1/12) with rounding, measured on >= 10^5 unclipped values, so
     a 3 % bound is far beyond sampling error (about 0.3 %) and far below a wrong strength
-    (e.g. sigma / 2 after a resize)."""
+    (e.g. sigma / 2 after a resize); drawn again, it is the same."""
     fg, bg = _sources(tmp_path)
     opts = {"fg_method": "none", "denoise_p": 0.0, "cache_dir": tmp_path / "cache", "noise_sigma": SIGMA}
     win = OnTheFlyDataset(fg, bg, "rim", 320, seed=3, per_fg=2, compose_options=opts)
@@ -79,7 +79,8 @@ def test_window_path_gives_the_whole_image_paths_tensors(tmp_path):
             assert diff.size >= 100_000
             assert abs(diff.std() - np.sqrt(SIGMA**2 + 1 / 12)) < 0.03 * SIGMA, diff.std()
             assert abs(diff.mean()) < 0.03 * SIGMA
-            assert not np.array_equal(a.image, b.image)  # the window's own draw
+            assert not np.array_equal(a.image, b.image)  # the window's own draw...
+            assert torch.equal(win[index]["image"], sa["image"])  # ...from (seed, epoch, index) alone
     assert seen_noise and seen_clean and len(kernels) >= 2
     # each side of the window both at the image's border and inside the image (where the blur
     # reads the margin)
