@@ -11,8 +11,14 @@ are page cache the kernel can drop, so RssAnon is printed beside it):
 - folder: `MattingDataset` (decode four PNGs, crop);
 - store, warm: `StoreDataset` with the store's pages in the page cache;
 - store, cold: the same after dropping the store's pages (posix_fadvise DONTNEED) before the pass;
-- on the fly: today's `OnTheFlyDataset` (no foreground estimation, no BM3D: the route's
-  whole-image background scaling, blur, blend and noise, then the crop).
+- otf: the on-the-fly path before the window one (`OnTheFlyDataset.whole_image = True`; no
+  foreground estimation, no BM3D: foregrounds come from the cache; the route's whole-image
+  background scaling, blur, blend and noise, then the crop);
+- otf-window: today's `OnTheFlyDataset`, which draws the crop first and blurs, blends and adds
+  noise on the window only (same draws; equal tensors but for the noise's realisation).
+  Its ratio to otf is printed.
+
+`--profile otf-window` prints the cProfile of that path's timed pass (cumulative, top 25).
 
 With `--device cuda` it also trains GFM r34 (no pretrained weights, AMP) from the store with
 `--workers` loader processes and reports training samples/s and the share of step time the
@@ -95,7 +101,7 @@ def _status(key: str) -> int:
         return int(next(line for line in f if line.startswith(key + ":")).split()[1]) * 1024
 
 
-def measure(path: str, root: Path, seconds: float, crop: int) -> dict:
+def measure(path: str, root: Path, seconds: float, crop: int, profile: bool = False) -> dict:
     """One path in this process, one thread: samples/s, bytes read per sample, peak RSS."""
     import torch
 
@@ -112,9 +118,13 @@ def measure(path: str, root: Path, seconds: float, crop: int) -> dict:
     elif path.startswith("store"):
         ds = StoreDataset([root / "store"], "tt", crop, 0)
         files = [root / "store" / PIXELS]
-    elif path == "otf":
+    elif path in ("otf", "otf-window"):
         ds = OnTheFlyDataset(root / "fg", root / "bg", "tt", crop, 0, per_fg=2,
                              compose_options={"fg_method": "none", "denoise_p": 0.0, "cache_dir": root / "cache"})
+        ds.whole_image = path == "otf"
+        ds.set_epoch(1000)
+        for i in range(len(ds)):  # foregrounds into the cache (as after a first epoch), imports
+            ds[i]
     else:
         raise ValueError(path)
     if path == "store-cold":
@@ -128,6 +138,11 @@ def measure(path: str, root: Path, seconds: float, crop: int) -> dict:
                     pass
     n, epoch = 0, 0
     rss_start = _status("VmRSS")
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     r0, t0 = _read_bytes(), time.perf_counter()
     while True:
         ds.set_epoch(epoch)
@@ -140,6 +155,12 @@ def measure(path: str, root: Path, seconds: float, crop: int) -> dict:
         if path == "store-cold" or time.perf_counter() - t0 > seconds:
             break  # cold: one pass, every sample's window read from disk once
     dt = time.perf_counter() - t0
+    if profile:
+        import pstats
+
+        prof.disable()
+        print(f"cProfile of {path}: {n} samples", file=sys.stderr)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     return {"path": path, "samples": n, "seconds": round(dt, 2), "samples_per_s": n / dt,
             "read_bytes_per_sample": (_read_bytes() - r0) / n, "peak_rss": _status("VmHWM"),
             "rss_anon": _status("RssAnon"), "rss_start": rss_start}
@@ -200,12 +221,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--paths", default="folder,store-warm,store-cold,otf")
+    ap.add_argument("--paths", default="folder,store-warm,store-cold,otf,otf-window")
+    ap.add_argument("--profile", default="", help="a path whose timed pass is profiled (cProfile, to stderr)")
     ap.add_argument("--_measure", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._measure:
-        print(json.dumps(measure(args._measure, Path(args._root), args.seconds, args.crop)))
+        print(json.dumps(measure(args._measure, Path(args._root), args.seconds, args.crop,
+                                 profile=args._measure == args.profile)))
         return
     from gfm.store import PIXELS, pack
 
@@ -222,22 +245,25 @@ def main() -> None:
         results = {}
         for path in [p for p in args.paths.split(",") if p]:
             proc = subprocess.run([sys.executable, __file__, "--_measure", path, "--_root", str(root),
-                                   "--seconds", str(args.seconds), "--crop", str(args.crop)],
+                                   "--seconds", str(args.seconds), "--crop", str(args.crop), "--profile", args.profile],
                                   capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-            if proc.returncode:
+            if proc.returncode or path == args.profile:
                 print(proc.stderr)
+            if proc.returncode:
                 continue
             results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
         base = results.get("folder", {}).get("samples_per_s")
+        otf = results.get("otf", {}).get("samples_per_s")
         if results:
             print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; one process, one thread, "
                   f"crop -> {args.crop}")
-            print("| path | samples/s per core | vs folder | MB read from disk per sample | RSS before MB | peak RSS MB "
-                  "| RssAnon MB |")
-            print("| --- | --- | --- | --- | --- | --- | --- |")
+            print("| path | samples/s per core | vs folder | vs otf | MB read from disk per sample | RSS before MB "
+                  "| peak RSS MB | RssAnon MB |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for path, r in results.items():
             ratio = f"{r['samples_per_s'] / base:.1f}x" if base else "-"
-            print(f"| {path} | {r['samples_per_s']:.1f} | {ratio} | {r['read_bytes_per_sample'] / 1e6:.1f} | "
+            vs_otf = f"{r['samples_per_s'] / otf:.2f}x" if otf and path.startswith("otf") else "-"
+            print(f"| {path} | {r['samples_per_s']:.1f} | {ratio} | {vs_otf} | {r['read_bytes_per_sample'] / 1e6:.1f} | "
                   f"{r['rss_start'] / 1e6:.0f} | {r['peak_rss'] / 1e6:.0f} | {r['rss_anon'] / 1e6:.0f} |")
         if args.device:
             r = train_e2e(root, args.device, args.workers, args.steps, args.batch, args.crop)

@@ -360,10 +360,17 @@ class MattingDataset(Dataset):
         """Crop, resize, flip and make the targets of one sample (from the whole matte, then
         cropped: a crop edge never invents a transition). ``alpha``: the matte's stored values
         (uint8 or uint16, batches stay integer) or a float matte in [0, 1]."""
-        top = _top_of(alpha)
-        y, x, size = choose_crop(alpha, rng)
-        flip = rng.random() < 0.5
+        y, x, size, flip = draw_window(alpha, rng)
         win = (slice(y, y + size), slice(x, x + size))
+        return self.window_tensors(alpha, y, x, size, flip, image[win], fg[win] if fg is not None else None,
+                                   bg[win] if bg is not None else None)
+
+    def window_tensors(self, alpha: np.ndarray, y: int, x: int, size: int, flip: bool, image: np.ndarray,
+                       fg: np.ndarray | None, bg: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """The sample of the window (y, x, size) of the whole matte ``alpha``, given the
+        window's ``image``, ``fg`` and ``bg`` (size x size): targets from the matte around the
+        window, then :func:`window_sample`."""
+        top = _top_of(alpha)
         # the targets of the window equal those of the whole matte: morphology reaches at most
         # TARGET_MARGIN pixels, so the window plus that margin (clipped at the image) suffices
         m = TARGET_MARGIN
@@ -371,9 +378,14 @@ class MattingDataset(Dataset):
         around = alpha[y0:y + size + m, x0:x + size + m]
         rostas = ("tt", "ft", "bt") if self.rosta == "rim" else (self.rosta,)
         bits = target_plane(around.astype(np.float32) / np.float32(top), rostas)
-        return window_sample(image[win], alpha[win], bits[y - y0:y - y0 + size, x - x0:x - x0 + size], self.rosta,
-                             fg[win] if fg is not None else None, bg[win] if bg is not None else None, size,
-                             self.crop, flip)
+        return window_sample(image, alpha[y:y + size, x:x + size], bits[y - y0:y - y0 + size, x - x0:x - x0 + size],
+                             self.rosta, fg, bg, size, self.crop, flip)
+
+
+def draw_window(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, bool]:
+    """(y, x, size, flip) of a sample: :func:`choose_crop`, then the flip, from ``rng``."""
+    y, x, size = choose_crop(alpha, rng)
+    return y, x, size, bool(rng.random() < 0.5)
 
 
 def _top_of(values: np.ndarray) -> int | float:
@@ -392,7 +404,14 @@ def _hw1(a: np.ndarray) -> torch.Tensor:
 class OnTheFlyDataset(MattingDataset):
     """Composites made with the `rssn` route while training: K backgrounds per foreground per
     epoch, drawn anew each epoch from (seed, epoch, foreground, k). Foreground estimates and
-    BM3D results come from the same content cache as `rssn compose`."""
+    BM3D results come from the same content cache as `rssn compose`.
+
+    The crop window is drawn first (it needs only the matte) and only the window is composed:
+    background blur, blend and noise run on the window (plus the blur's reach), not the whole
+    image. ``whole_image = True`` composes the whole image, then crops (the earlier path, kept
+    for the benchmark and the equality tests)."""
+
+    whole_image: bool = False
 
     def __init__(self, fg_dir: str | Path, bg_dir: str | Path, rosta: str, crop: int = 320, seed: int = 0,
                  per_fg: int = 5, compose_options: dict | None = None):
@@ -427,8 +446,18 @@ class OnTheFlyDataset(MattingDataset):
         raise RuntimeError("no foreground could be composited")
 
     def _compose(self, fg_index: int, k: int) -> dict[str, torch.Tensor]:
+        w = self.composite_window(fg_index, k)
+        return self.window_tensors(w.values, w.y, w.x, w.size, w.flip, w.image, w.fg, w.bg)
+
+    def composite_window(self, fg_index: int, k: int) -> CompositeWindow:
+        """The crop window of composite ``k`` of foreground ``fg_index`` in this epoch, before
+        resizing. The crop and flip come from the sample's generator and need only the matte, so
+        they are drawn first and the route composes only the window
+        (:func:`rssn.compose.make_composite_window`); ``whole_image`` composes the whole image
+        and crops it (the path before the window one; same draws, same tensors except the
+        noise's realisation)."""
         from rssn.cache import ImageCache
-        from rssn.compose import ForegroundState, make_composite
+        from rssn.compose import ForegroundState, make_composite, make_composite_window
 
         item = self.items[fg_index]
         cfg = self.compose_cfg
@@ -437,8 +466,32 @@ class OnTheFlyDataset(MattingDataset):
         pick = derive_rng(self.seed, "train-background", self.epoch, item.stem, k)
         bg_path = self.backgrounds[int(pick.integers(len(self.backgrounds)))]
         rng = derive_rng(self.seed, "train-composite", self.epoch, item.stem, k)
-        image, fg, bg, _ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
-        return self.augment(image, state.matte.values, fg, bg, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+        values = state.matte.values
+        y, x, size, flip = draw_window(values, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+        if self.whole_image:
+            image, fg, bg, ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
+            win = (slice(y, y + size), slice(x, x + size))
+            image, fg, bg = image[win], fg[win], bg[win]
+        else:
+            image, fg, bg, ops = make_composite_window(state, rng, bg_path, cfg.probabilities, cache,
+                                                       (y, x, size, size))
+        return CompositeWindow(values, y, x, size, flip, image, fg, bg, ops)
+
+
+@dataclass(frozen=True)
+class CompositeWindow:
+    """One on-the-fly composite's crop window before resizing: the whole matte ``values``,
+    the window (y, x, size), the flip, the window's image, F and B (uint8), and the route's ops."""
+
+    values: np.ndarray
+    y: int
+    x: int
+    size: int
+    flip: bool
+    image: np.ndarray
+    fg: np.ndarray
+    bg: np.ndarray
+    ops: list
 
 
 def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: str = "tt", crop: int = 320,

@@ -370,17 +370,7 @@ def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: st
     h, w = state.matte.shape
     p = augment.draw_params(rng, probs)
     ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
-    # Background: denoising works on the whole source image before it is scaled and cropped (as
-    # the paper and the authors do; so it is cached and shared); otherwise a JPEG may be decoded
-    # at a reduced scale that still covers the output.
-    if p.denoise_bg:
-        bg_src = read_image(bg_path)
-        bg_src, sigma = denoise_cached(bg_src, cfg.denoise_sigma, cfg.denoise_profile, cache)
-        ops.append({"op": "bm3d", "target": "bg", "sigma": sigma,
-                    "sigma_from": "--denoise-sigma" if cfg.denoise_sigma is not None else "whole image",
-                    "profile": cfg.denoise_profile})
-    else:
-        bg_src = read_image(bg_path, cover=(w, h))
+    bg_src = _background_source(p, bg_path, cfg, cache, w, h, ops)
     bg, box, scaled = augment.fit_background(bg_src, h, w, p.crop_fx, p.crop_fy)
     if p.denoise_fg:
         fg, est = state.denoised()
@@ -396,6 +386,60 @@ def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: st
         comp = augment.add_gaussian_noise(comp, cfg.noise_sigma, np.random.default_rng(p.noise_seed))
         ops.append({"op": "gaussian_noise", "sigma": cfg.noise_sigma, "seed": p.noise_seed, "clip": [0, 255]})
     return augment.to_uint8(comp), fg, bg, ops, box, scaled
+
+
+def _background_source(p: augment.CompositeParams, bg_path: str, cfg: ComposeConfig, cache: ImageCache,
+                       w: int, h: int, ops: list[dict[str, Any]]) -> np.ndarray:
+    """The background before scaling. Denoising works on the whole source image before it is
+    scaled and cropped (as the paper and the authors do; so it is cached and shared);
+    otherwise a JPEG may be decoded at a reduced scale that still covers the output."""
+    if p.denoise_bg:
+        bg_src = read_image(bg_path)
+        bg_src, sigma = denoise_cached(bg_src, cfg.denoise_sigma, cfg.denoise_profile, cache)
+        ops.append({"op": "bm3d", "target": "bg", "sigma": sigma,
+                    "sigma_from": "--denoise-sigma" if cfg.denoise_sigma is not None else "whole image",
+                    "profile": cfg.denoise_profile})
+        return bg_src
+    return read_image(bg_path, cover=(w, h))
+
+
+def window_noise_rng(noise_seed: int) -> np.random.Generator:
+    """The generator of a composite window's noise: its own stream, derived from the
+    composite's noise seed (the whole-image composite uses ``default_rng(noise_seed)``)."""
+    return np.random.default_rng([noise_seed, 1])
+
+
+def make_composite_window(state: ForegroundState, rng: np.random.Generator, bg_path: str,
+                          probs: augment.RouteProbabilities, cache: ImageCache, box: augment.Box):
+    """The ``box`` = (y, x, h, w) window of :func:`make_composite` with the same ``rng``:
+    (image, fg, bg as uint8 RGB windows, ops). The same draws in the same order; the background
+    is scaled whole (exact and cheap) but blurred, and everything blended, on the window (plus
+    the blur's reach) only. Inside the window image, fg and bg equal the whole composite's,
+    except that noise, when drawn, is drawn for the window alone (``window_noise_rng``: the
+    same sigma at source resolution, another realisation)."""
+    cfg = state.cfg
+    h, w = state.matte.shape
+    p = augment.draw_params(rng, probs)
+    ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
+    bg_src = _background_source(p, bg_path, cfg, cache, w, h, ops)
+    bg_view, _, _ = augment.fit_background_view(bg_src, h, w, p.crop_fx, p.crop_fy)
+    if p.denoise_fg:
+        fg, est = state.denoised()
+        ops.append({"op": "bm3d", "target": "fg", **est.record(), "profile": cfg.denoise_profile})
+    else:
+        fg = state.fg8
+    if p.blur_kernel is not None:
+        bg = augment.box_blur_window(bg_view, p.blur_kernel, box)
+        ops.append({"op": "box_blur", "target": "bg", "kernel": p.blur_kernel})
+    else:
+        bg = np.ascontiguousarray(augment.window(bg_view, box))
+    comp = augment.blend_window(state.matte.values, fg, bg, box)
+    ops.append({"op": "blend"})
+    if p.noise_seed is not None:
+        comp = augment.add_gaussian_noise(comp, cfg.noise_sigma, window_noise_rng(p.noise_seed))
+        ops.append({"op": "gaussian_noise", "sigma": cfg.noise_sigma, "seed": p.noise_seed, "clip": [0, 255],
+                    "window": list(box)})
+    return augment.to_uint8(comp), np.ascontiguousarray(augment.window(fg, box)), bg, ops
 
 
 def _compose_one(state: ForegroundState, cid: str, slot: int, bg_path: str,

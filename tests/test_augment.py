@@ -92,3 +92,102 @@ def test_same_seed_same_params_different_name_different_params():
     b = augment.draw_params(derive_rng(1, "composite", "GT01", 0), probs)
     c = augment.draw_params(derive_rng(1, "composite", "GT01", 1), probs)
     assert a == b and a != c
+
+
+# ---- window versions of the background and blend ops: equal to the whole-image op inside the window
+
+
+def _boxes(h: int, w: int, wh: int, ww: int, reach: int) -> list[tuple[int, int, int, int]]:
+    """Windows at every border and corner, just inside and just beyond a margin's reach of
+    each edge, and in the middle."""
+    def starts(free: int) -> list[int]:
+        near = {0, 1, reach - 1, reach, reach + 1, free // 2, free - reach, free - 1, free}
+        return sorted(near & set(range(free + 1)))
+
+    return [(y, x, wh, ww) for y in starts(h - wh) for x in starts(w - ww)]
+
+
+@pytest.fixture(params=[(True, True), (False, True), (False, False)], ids=["default", "no-ipp", "plain"])
+def opencv_paths(request):
+    """OpenCV's default code, without IPP, and without SIMD (setUseOptimized False): the
+    window must equal the whole image on each path this machine has."""
+    import cv2
+
+    ipp, opt = cv2.ipp.useIPP(), cv2.useOptimized()
+    cv2.ipp.setUseIPP(request.param[0] and ipp)
+    cv2.setUseOptimized(request.param[1] and opt)
+    yield
+    cv2.ipp.setUseIPP(ipp)
+    cv2.setUseOptimized(opt)
+
+
+@pytest.mark.parametrize("kernel", augment.PAPER_BLUR_KERNELS)
+def test_box_blur_window_equals_the_whole_image_blur_inside_the_window(kernel, opencv_paths):
+    """Every paper kernel; windows touching each border (where the reflected border is the
+    image's) and windows whose margin ends just inside or outside the image; RGB and grey;
+    random values and 0/1 values (whose box sums often fall exactly half-way between two
+    levels, where a rounding that depended on the pixel's place would show); windows larger
+    and smaller than the kernel."""
+    rng = np.random.default_rng(kernel)
+    images = [rng.integers(0, 256, (150, 170, 3), dtype=np.uint8), rng.integers(0, 256, (97, 131), dtype=np.uint8),
+              rng.integers(0, 2, (90, 113, 3), dtype=np.uint8)]
+    reach = augment.blur_reach(kernel)
+    for img in images:
+        whole = augment.box_blur(img, kernel)
+        h, w = img.shape[:2]
+        for wh, ww in ((64, 64), (7, 11), (h, w), (h, 30)):
+            for box in _boxes(h, w, wh, ww, reach):
+                got = augment.box_blur_window(img, kernel, box)
+                assert got.dtype == img.dtype and np.array_equal(got, augment.window(whole, box)), (img.shape, box)
+
+
+def test_box_blur_window_reads_only_the_window_and_its_reach():
+    """Pixels beyond the reach may change without changing the window's blur."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    k, box = 40, (80, 70, 30, 40)
+    m = augment.blur_reach(k)
+    other = img.copy()
+    mask = np.ones(img.shape[:2], bool)
+    mask[box[0] - m:box[0] + box[2] + m, box[1] - m:box[1] + box[3] + m] = False
+    other[mask] = 255 - other[mask]
+    assert np.array_equal(augment.box_blur_window(img, k, box), augment.box_blur_window(other, k, box))
+    rows = slice(box[0], box[0] + box[2])
+    assert not np.array_equal(augment.box_blur(img, k)[rows], augment.box_blur(other, k)[rows])  # the rest did change
+
+
+def test_box_blur_window_refuses_other_types_and_boxes_outside():
+    for dtype in (np.float32, np.uint16):
+        with pytest.raises(ValueError, match="only uint8"):
+            augment.box_blur_window(np.zeros((50, 50, 3), dtype), 20, (0, 0, 10, 10))
+    img = np.zeros((50, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="not inside"):
+        augment.box_blur_window(img, 20, (45, 0, 10, 10))
+
+
+@pytest.mark.parametrize("fy, fx", [(0.0, 0.0), (0.999, 0.999), (0.3, 0.7)])
+@pytest.mark.parametrize("src_hw", [(300, 500), (80, 90), (120, 100)])
+def test_fit_background_view_is_the_fit_background_crop(src_hw, fy, fx):
+    """Shrinking, enlarging and an exact fit, crops at both ends and in the middle: the view
+    holds the same pixels as fit_background's copy (so every window of it is equal)."""
+    rng = np.random.default_rng(1)
+    bg = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    crop, box, scaled = augment.fit_background(bg, 120, 100, fx, fy)
+    view, vbox, vscaled = augment.fit_background_view(bg, 120, 100, fx, fy)
+    assert np.array_equal(view, crop) and (vbox, vscaled) == (box, scaled)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_blend_window_equals_the_whole_image_blend_inside_the_window(dtype, top):
+    """Windows at every border and corner; a window where the matte holds only 0 and 1 (a
+    soft edge, not a 0/1 mask: the whole matte is checked, never the window)."""
+    rng = np.random.default_rng(2)
+    h, w = 90, 120
+    alpha = rng.integers(0, top + 1, (h, w), dtype=np.int64).astype(dtype)
+    alpha[:10, :10] = rng.integers(0, 2, (10, 10))
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole = augment.blend(alpha.astype(np.float32) / np.float32(top), fg, bg)  # as Matte.alpha converts
+    for box in _boxes(h, w, 33, 47, 5) + [(0, 0, 10, 10), (0, 0, h, w)]:
+        got = augment.blend_window(alpha, fg, augment.window(bg, box), box)
+        assert got.dtype == np.float32 and np.array_equal(got, augment.window(whole, box)), box
