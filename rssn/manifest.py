@@ -93,7 +93,9 @@ class Manifest:
 
     Only the index (key -> offset and length of its line) is kept in memory; :meth:`get` and
     iteration read records back from the file. Records returned are fresh dicts: change a
-    record with :meth:`replace` or :meth:`append`, not by mutating what was returned."""
+    record with :meth:`replace` or :meth:`append`, not by mutating what was returned. One
+    Manifest object per file at a time: another one's rewrite would move the lines under it
+    (each read checks its key, so that shows as an error, never as a wrong record)."""
 
     def __init__(self, path: str | os.PathLike, sync_every: int = SYNC_EVERY, sync_seconds: float = SYNC_SECONDS):
         self.path = Path(path)
@@ -148,7 +150,19 @@ class Manifest:
 
     def get(self, key: str) -> dict[str, Any] | None:
         raw = self._raw(key)
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else self._parse(key, raw)
+
+    def _parse(self, key: str, raw: bytes) -> dict[str, Any]:
+        """The record of ``key`` from its line, checked: a line that is not that key's means the file
+        was rewritten under this index (two Manifest objects on one file)."""
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("key") != key:
+            raise RuntimeError(f"{self.path}: the line indexed for {key!r} is not its record: the file was "
+                               f"changed by another writer while this run used it; run the command again")
+        return rec
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for key in self._index:
@@ -159,7 +173,7 @@ class Manifest:
         key = record["key"]
         data = _line(record)
         old = self._raw(key)
-        if old is not None and (old == data or json.loads(old) == json.loads(data)):
+        if old is not None and (old == data or self._parse(key, old) == json.loads(data)):
             return False
         if len(data) >= 1 << 32:
             raise ValueError(f"{self.path}: a manifest record of {len(data)} bytes for {key!r} is over 4 GB")
@@ -211,7 +225,7 @@ class Manifest:
         try:
             with os.fdopen(fd, "wb") as f:
                 for key in keys:
-                    data = _line(json.loads(self._raw(key)))  # canonical, as a record appended now
+                    data = _line(self._parse(key, self._raw(key)))  # canonical, as a record appended now
                     f.write(data)
                     index[key] = offset << 32 | len(data)
                     offset += len(data)

@@ -7,6 +7,8 @@ import json
 import os
 import tracemalloc
 
+import pytest
+
 from rssn import manifest as manifest_mod
 from rssn.executor import TASKS_IN_FLIGHT_PER_WORKER, Executor
 from rssn.manifest import Manifest
@@ -124,3 +126,15 @@ def test_executor_keeps_a_bounded_window_in_flight():
             got[i] = r
             assert len(submitted) - n_yielded <= 2 * window  # pending, plus one finished batch being handed over
     assert got == {k: k * k for k in range(200)}
+
+
+def test_a_line_moved_under_the_index_is_an_error_not_a_wrong_record(tmp_path):
+    p = tmp_path / "m.jsonl"
+    m = Manifest(p)
+    for k in range(3):
+        m.append(_rec(k))
+    m.close()
+    other = Manifest(p)
+    other.discard(_rec(0)["key"])  # rewrites the file: m's offsets now point at other lines
+    with pytest.raises(RuntimeError, match="m.jsonl"):
+        m.get(_rec(1)["key"])
