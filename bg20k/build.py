@@ -22,9 +22,10 @@ import os
 import shutil
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -111,6 +112,21 @@ POLICY_STAGES = ("private_network", "opt_out")  # refusals by the crawl policy (
 def byte_settings(cfg: BuildConfig) -> dict:
     """The settings that decide what the set holds (recorded in OUT/settings.json)."""
     return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_SETTINGS}
+
+
+class Candidate(NamedTuple):
+    """What dedup, screening and the verdicts need of a candidate's manifest record (the whole
+    record stays in the manifest file: at crawl scale, holding every record dict costs kBs per URL)."""
+
+    source: str
+    hash: str
+    hash_mirror: str | None
+    orig_size: list[int]
+    size: list[int]
+
+    @classmethod
+    def of(cls, rec: dict[str, Any]) -> "Candidate":
+        return cls(rec["source"], rec["hash"], rec.get("hash_mirror"), rec["orig_size"], rec["size"])
 
 
 @dataclass
@@ -255,14 +271,15 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
                 todo_urls.append(s)
             elif _download_path(out, s).exists():  # prepared, but killed before its download was removed
                 _download_path(out, s).unlink()
-    fetched_paths: dict[str, str] = {}
+    fetched: set[str] = set()  # URLs whose body is in OUT/.downloads (the path follows from the URL)
     to_fetch = []
     for u in todo_urls:
-        p = _download_path(out, u)
-        if p.is_file():  # written atomically, so a file that exists is a whole body
-            fetched_paths[u] = str(p)
+        if _download_path(out, u).is_file():  # written atomically, so a file that exists is a whole body
+            fetched.add(u)
         else:
             to_fetch.append(u)
+    n_reused = len(fetched)
+    del todo_urls
     if to_fetch:
         bar = tqdm(total=len(to_fetch), desc="download", unit="url", disable=not progress, dynamic_ncols=True)
         for r in _fetch_bounded(to_fetch, cfg, fetch_policy(cfg, resolve, connect)):
@@ -270,7 +287,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
                 p = _download_path(out, r.url)
                 atomic_write_bytes(p, r.data)
                 r.data = None  # the body is on disk: release it now, not when the pool closes
-                fetched_paths[r.url] = str(p)
+                fetched.add(r.url)
                 manifest.append({"key": f"download:{r.url}", "type": "download", "path": p.name, **r.record()})
             elif r.code in POLICY_STAGES:  # refused by the crawl policy: rejected, not failed
                 manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "rejected",
@@ -282,60 +299,61 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
                                  "attribution": attribution.get(r.url, {})})
             bar.update(1)
         bar.close()
+    manifest.sync()
     stats.seconds["download"] = time.perf_counter() - t
     stats.items["download"] = len(to_fetch)
-    stats.counts["downloads_reused"] = len(todo_urls) - len(to_fetch)
+    stats.counts["downloads_reused"] = n_reused
 
     # -- prepare: every source not yet in the manifest
     t = time.perf_counter()
-    jobs = []
-    for s, p in sources:
-        if s in barred or _done(manifest, s, out, cfg):
-            continue
-        path = p if p is not None else fetched_paths.get(s)
-        if path is not None:
-            jobs.append((s, path))
+    jobs = [sp for sp in sources  # the same tuples as `sources`: a reference per job, not a copy
+            if sp[0] not in barred and (sp[1] is not None or sp[0] in fetched) and not _done(manifest, sp[0], out, cfg)]
     if jobs:
         from rssn.executor import run_tasks
 
         bar = tqdm(total=len(jobs), desc="prepare", unit="image", disable=not progress, dynamic_ncols=True)
-        for i, rec, exc in run_tasks(prepare_source, [(s, p, cfg) for s, p in jobs], workers=cfg.workers,
+        for i, rec, exc in run_tasks(prepare_source, _PrepareTasks(jobs, out, cfg), workers=cfg.workers,
                                      executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
             s = jobs[i][0]
             if exc is not None:  # a crashed worker fails this source, not the run
                 rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
             manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec,
                              "attribution": attribution.get(s, {})})
-            if s in fetched_paths:
+            if s in fetched:
                 try:
-                    os.unlink(fetched_paths[s])
+                    os.unlink(_download_path(out, s))
                 except OSError:
                     pass
             bar.update(1)
         bar.close()
+    manifest.sync()
     stats.seconds["prepare"] = time.perf_counter() - t
     stats.items["prepare"] = len(jobs)
+    del jobs, fetched
 
     # -- dedup over every eligible candidate (new and old); licence-barred sources take no part
     t = time.perf_counter()
     current = {s for s, _ in sources}
-    cands: dict[str, dict[str, Any]] = {}
-    barred_cands: dict[str, dict[str, Any]] = {}
+    cands: dict[str, Candidate] = {}
+    barred_cands: dict[str, Candidate] = {}
     exact_dups: dict[str, str] = {}
-    for rec in manifest:
-        if rec["type"] != "source" or rec["source"] not in current or rec.get("status") != "candidate":
+    for key in manifest.keys():
+        if not key.startswith("source:") or key[7:] not in current:
+            continue
+        rec = manifest.get(key)
+        if rec["type"] != "source" or rec.get("status") != "candidate":
             continue
         if rec["source"] in barred:
-            barred_cands.setdefault(rec["id"], rec)
+            barred_cands.setdefault(rec["id"], Candidate.of(rec))
             continue
         iid = rec["id"]
         if iid in cands:
-            first = min(cands[iid]["source"], rec["source"])
-            exact_dups[max(cands[iid]["source"], rec["source"])] = iid
+            first = min(cands[iid].source, rec["source"])
+            exact_dups[max(cands[iid].source, rec["source"])] = iid
             if rec["source"] == first:
-                cands[iid] = rec
+                cands[iid] = Candidate.of(rec)
         else:
-            cands[iid] = rec
+            cands[iid] = Candidate.of(rec)
     barred_cands = {i: r for i, r in barred_cands.items() if i not in cands}  # same bytes, eligible source: it wins
     ids = sorted(cands)
     placed = _placed(manifest, out)
@@ -353,12 +371,13 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
     if to_screen:
         bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
-        for batch in shape_batches(to_screen, {i: tuple(cands[i]["size"]) for i in to_screen}, cfg.detect_batch):
+        for batch in shape_batches(to_screen, {i: tuple(cands[i].size) for i in to_screen}, cfg.detect_batch):
             for i, dets in zip(batch, detect([str(out / ".stage" / f"{i}.jpg") for i in batch], floor)):
                 manifest.append({"key": f"detect:{i}", "type": "detections", "id": i, "detector": det_key,
                                  "min_conf": floor, "detections": [d.as_list() for d in dets]})
             bar.update(len(batch))
         bar.close()
+    manifest.sync()
     stats.seconds["screen"] = time.perf_counter() - t
     stats.items["screen"] = len(to_screen)
 
@@ -368,14 +387,14 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     verdicts: dict[str, dict[str, Any]] = {}
     for i in sorted(barred_cands):  # left out of dedup and screening; the licence rule is final
         rec = barred_cands[i]
-        verdicts[i] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"],
-                       "attribution": attribution.get(rec["source"], {}), "detections": [], "verdict": "rejected",
-                       "reason": f"licence: {barred[rec['source']]}", "licence_rejected": True,
+        verdicts[i] = {"id": i, "source": rec.source, "orig_size": rec.orig_size,
+                       "attribution": attribution.get(rec.source, {}), "detections": [], "verdict": "rejected",
+                       "reason": f"licence: {barred[rec.source]}", "licence_rejected": True,
                        "split": placed.get(i) or split_of(i, cfg.val_fraction)}
     for i in ids:
         rec = cands[i]
-        v: dict[str, Any] = {"id": i, "source": rec["source"], "orig_size": rec["orig_size"],
-                             "attribution": attribution.get(rec["source"], {})}
+        v: dict[str, Any] = {"id": i, "source": rec.source, "orig_size": rec.orig_size,
+                             "attribution": attribution.get(rec.source, {})}
         dets = []
         drec = manifest.get(f"detect:{i}")
         if drec is not None and drec["detector"] == det_key:
@@ -413,16 +432,31 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
             _link_or_copy(out / ".stage" / f"{i}.jpg", dst)
         if i not in placed:
             manifest.append({"key": f"placed:{i}", "type": "placed", "id": i, "split": verdicts[i]["split"]})
+    manifest.sync()
 
     # -- report
+    def current_sources():
+        for key in manifest.keys():
+            if key.startswith("source:") and key[7:] in current:
+                rec = manifest.get(key)
+                if rec["type"] == "source":
+                    yield rec
+
+    def failed_rows():  # review.html's table, read again from the manifest as the page is written
+        for rec in current_sources():
+            if rec["status"] != "candidate" and rec.get("stage") != "opt_out":  # opted out: a locked card
+                yield rec
+
     opted_out = []
-    for rec in manifest:
-        if rec["type"] == "source" and rec["source"] in current:
-            if rec["status"] in ("failed", "rejected"):
-                stats.counts[f"{rec['status']}_{rec.get('stage', 'decode')}"] += 1
-                stats.reasons[rec["stage"] if rec.get("stage") in POLICY_STAGES else _reason_class(rec["reason"])] += 1
-            if rec.get("stage") == "opt_out":
-                opted_out.append(_opt_out_card(rec, attribution.get(rec["source"], {})))
+    n_failed = 0
+    for rec in current_sources():
+        if rec["status"] in ("failed", "rejected"):
+            stats.counts[f"{rec['status']}_{rec.get('stage', 'decode')}"] += 1
+            stats.reasons[rec["stage"] if rec.get("stage") in POLICY_STAGES else _reason_class(rec["reason"])] += 1
+        if rec.get("stage") == "opt_out":
+            opted_out.append(_opt_out_card(rec, attribution.get(rec["source"], {})))
+        elif rec["status"] != "candidate":
+            n_failed += 1
     stats.counts["exact_duplicate_sources"] = len(exact_dups)
     for v in verdicts.values():
         if v["verdict"] == "rejected":
@@ -440,9 +474,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     write_attribution(out / "ATTRIBUTION.csv", [verdicts[i] for i in sorted(kept)])
     from .review import write_review
 
-    failed = [r for r in manifest if r["type"] == "source" and r["source"] in current and r["status"] != "candidate"
-              and r.get("stage") != "opt_out"]  # opted-out sources are locked cards instead
-    write_review(out, [verdicts[i] for i in all_ids] + opted_out, failed)
+    write_review(out, [verdicts[i] for i in all_ids] + opted_out, failed_rows(), n_failed)
     manifest.compact()
     return stats
 
@@ -494,6 +526,23 @@ def shape_batches(ids: list[str], sizes: dict[str, tuple[int, int]], batch: int)
     for i in ids:
         by_size.setdefault(sizes[i], []).append(i)
     return [g[k : k + batch] for _, g in sorted(by_size.items()) for k in range(0, len(g), batch)]
+
+
+class _PrepareTasks(Sequence):
+    """The (source, path, cfg) task of each job, made when the executor takes it (a list of
+    them all would hold a path string and a tuple per source)."""
+
+    def __init__(self, jobs: list[tuple[str, str | None]], out: Path, cfg: BuildConfig):
+        self.jobs, self.out, self.cfg = jobs, out, cfg
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        s, p = self.jobs[i]
+        return s, p if p is not None else str(_download_path(self.out, s)), self.cfg
 
 
 def _fetch_bounded(urls: list[str], cfg: BuildConfig, policy: FetchPolicy | None = None):
@@ -552,14 +601,18 @@ def _download_path(out: Path, url: str) -> Path:
 
 def _placed(manifest: Manifest, out: Path) -> dict[str, str]:
     """id -> split of every image ever placed (``placed:`` records; files of older runs too)."""
-    placed = {r["id"]: r["split"] for r in manifest if r["type"] == "placed"}
+    placed: dict[str, str] = {}
+    for key in manifest.keys():
+        if key.startswith("placed:"):
+            r = manifest.get(key)
+            placed[r["id"]] = r["split"]
     for split in ("train", "testval"):
         for p in (out / split).glob("*.jpg"):
             placed.setdefault(p.stem, split)
     return placed
 
 
-def _near_duplicates(ids: list[str], cands: dict[str, dict[str, Any]], was_kept: set[str],
+def _near_duplicates(ids: list[str], cands: dict[str, Candidate], was_kept: set[str],
                      max_distance: int) -> dict[str, str]:
     """id -> its representative's id, for every candidate that is a near copy of another.
 
@@ -567,10 +620,10 @@ def _near_duplicates(ids: list[str], cands: dict[str, dict[str, Any]], was_kept:
     larger copy arrives), then the largest original, then the smallest id."""
     if not ids:
         return {}
-    hashes = [int(cands[i]["hash"], 16) for i in ids]
-    mirrored = [int(cands[i]["hash_mirror"], 16) if cands[i].get("hash_mirror") else None for i in ids]
+    hashes = [int(cands[i].hash, 16) for i in ids]
+    mirrored = [int(cands[i].hash_mirror, 16) if cands[i].hash_mirror else None for i in ids]
     order = sorted(range(len(ids)), key=lambda k: (ids[k] not in was_kept,
-                                                   -cands[ids[k]]["orig_size"][0] * cands[ids[k]]["orig_size"][1],
+                                                   -cands[ids[k]].orig_size[0] * cands[ids[k]].orig_size[1],
                                                    ids[k]))
     rep = assign_groups(hashes, mirrored, order, max_distance, DEDUP_BUCKET_CAP)
     return {ids[k]: ids[r] for k, r in enumerate(rep) if r != k}

@@ -3,13 +3,14 @@ detection boxes drawn, for the manual double-check the paper did."""
 from __future__ import annotations
 
 import html
+import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
 
-from rssn.imageio import atomic_write_bytes, encode_image, read_image
+from rssn.imageio import atomic_write_bytes, atomic_write_chunks, encode_image, read_image
 
 THUMB_WIDTH = 320
 
@@ -148,9 +149,17 @@ SCRIPT = r"""
 """
 
 
-def write_review(out: Path, verdicts: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+def write_review(out: Path, verdicts: list[dict[str, Any]], failed: Iterable[dict[str, Any]],
+                 n_failed: int | None = None) -> None:
     """OUT/review.html: every candidate as a card one can click to change its verdict, with
-    filters and a button that downloads the changes as a --decisions file."""
+    filters and a button that downloads the changes as a --decisions file.
+
+    ``failed``: the rows of the failed sources (source, stage, reason), a list or, with
+    ``n_failed``, an iterable read once: the page is written as it is made, so a crawl's tens of
+    thousands of rows are never all in memory (issue #28)."""
+    if n_failed is None:
+        failed = list(failed)
+        n_failed = len(failed)
     thumbs = out / "review"
     thumbs.mkdir(exist_ok=True)
     for v in verdicts:
@@ -166,9 +175,9 @@ def write_review(out: Path, verdicts: list[dict[str, Any]], failed: list[dict[st
     reasons = sorted({reason_class(v) for v in verdicts})
     reason_opts = "".join(f'<option value="{e(r)}">{e(r)}</option>' for r in reasons)
     n_kept = sum(v["verdict"] == "kept" for v in verdicts)
-    rows = "".join(f'<tr class="failed"><td>{e(str(r["source"]))}</td><td>{e(r.get("stage", ""))}</td>'
-                   f'<td>{e(r.get("reason", ""))}</td></tr>' for r in failed)
-    page = f"""<!doctype html>
+    rows = (f'<tr class="failed"><td>{e(str(r["source"]))}</td><td>{e(r.get("stage", ""))}</td>'
+            f'<td>{e(r.get("reason", ""))}</td></tr>'.encode("utf-8") for r in failed)
+    head = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bg20k review</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
@@ -185,7 +194,7 @@ figcaption {{ padding: 4px; font-size: 12px; word-break: break-all; }}
 td {{ padding: 2px 8px; font-size: 13px; }}
 </style></head><body>
 <h1>bg20k review</h1>
-<p>{n_kept} kept, {len(verdicts) - n_kept} rejected, {len(failed)} sources failed, too small or barred by the licence
+<p>{n_kept} kept, {len(verdicts) - n_kept} rejected, {n_failed} sources failed, too small or barred by the licence
 rule. Click a card to change its verdict (or move with the arrow keys, then <kbd>k</kbd> keep, <kbd>r</kbd> reject,
 space toggles). Then download <code>decisions.csv</code> and run the same <code>bg20k build</code> command with
 <code>--decisions decisions.csv</code>: the images move. Licence rejections and sources whose host opted out
@@ -198,9 +207,10 @@ space toggles). Then download <code>decisions.csv</code> and run the same <code>
 <span id="counts"></span>
 </div>
 <div class="grid" id="cards">{cards}</div>
-<h2 id="failed">Failed, too small or barred by the licence rule ({len(failed)})</h2>
-<table><tr><th>source</th><th>stage</th><th>reason</th></tr>{rows}</table>
+<h2 id="failed">Failed, too small or barred by the licence rule ({n_failed})</h2>
+<table><tr><th>source</th><th>stage</th><th>reason</th></tr>"""
+    tail = f"""</table>
 <script>{SCRIPT}</script>
 </body></html>
 """
-    atomic_write_bytes(out / "review.html", page.encode("utf-8"))
+    atomic_write_chunks(out / "review.html", itertools.chain([head.encode("utf-8")], rows, [tail.encode("utf-8")]))

@@ -245,9 +245,9 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
     finally:
         writer.close()
     order = {s.name: i for i, s in enumerate(samples)}  # a grown source set shifts the order of earlier samples
-    for key, r in manifest.records.items():
-        if key.startswith("sample:") and r["name"] in order:
-            r["order"] = order[r["name"]]
+    for r in list(manifest):
+        if r["key"].startswith("sample:") and r["name"] in order and r.get("order") != order[r["name"]]:
+            manifest.replace({**r, "order": order[r["name"]]})
     manifest.compact()
     records = [r for r in manifest if r["key"].startswith("sample:")]
     n_fail = sum(1 for r in manifest if r["key"].startswith("failure:"))

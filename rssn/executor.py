@@ -15,6 +15,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 SINGLE_THREAD_ENV = {n: "1" for n in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
 EXECUTORS = ("local", "ray")
+# tasks submitted and unfinished per local worker: enough to keep every worker busy, few enough
+# that a long task list holds no future, argument copy or result per task (issue #28)
+TASKS_IN_FLIGHT_PER_WORKER = 4
 
 
 @contextmanager
@@ -65,21 +68,41 @@ class Executor:
         return self._pool
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any, BaseException | None]]:
-        """Run ``fn(*task)`` for every task; yield (task index, result, exception) as they finish."""
+        """Run ``fn(*task)`` for every task; yield (task index, result, exception) as they finish.
+
+        Local: at most TASKS_IN_FLIGHT_PER_WORKER x workers tasks are submitted at a time."""
         if not tasks:
             return
         if self.executor == "ray":
             yield from _run_ray(fn, tasks, self.workers, self.ray_address, self.retries)
             return
         pool = self._local_pool()
-        with _single_threaded_env():  # workers start on submit and inherit the environment then
-            futures = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
+        todo = iter(enumerate(tasks))
+        window = TASKS_IN_FLIGHT_PER_WORKER * max(1, self.workers)
+        pending: dict[cf.Future, int] = {}
+
+        def fill() -> None:
+            with _single_threaded_env():  # workers start on submit and inherit the environment then
+                while len(pending) < window:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        return
+                    pending[pool.submit(fn, *nxt[1])] = nxt[0]
+
         try:
-            for fut in cf.as_completed(futures):
-                exc = fut.exception()
-                yield futures[fut], (None if exc else fut.result()), exc
+            fill()
+            while pending:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                finished = [(pending.pop(fut), fut) for fut in done]
+                del done
+                fill()  # the workers go on while the caller handles these results
+                while finished:
+                    i, fut = finished.pop(0)
+                    exc = fut.exception()
+                    yield i, (None if exc else fut.result()), exc
+                    del fut  # no finished result outlives its turn
         except BaseException:  # the consumer stopped (an error, a full disk): start nothing new
-            for fut in futures:
+            for fut in pending:
                 fut.cancel()
             raise
 
