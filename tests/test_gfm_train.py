@@ -55,7 +55,8 @@ def test_learns_from_a_few_real_photos(tmp_path):
                 shutil.copy(f, data / sub / f"{f.stem}c{c}.png")
     proc = run_cli("gfm", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none",
                    "--crop", "64", "--batch-size", "3", "--lr", "1e-3", "--quiet", "--device", "cpu", "--epochs", "10",
-                   "--seed", "0", env={"OMP_NUM_THREADS": "2"})
+                   "--seed", "0", env={"OMP_NUM_THREADS": "2"},
+                   timeout=1800)  # a guard against a hang, not a speed test: 2-3 min alone, >10 on a loaded machine
     assert proc.returncode == 0, proc.stderr
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(hist) == 10
