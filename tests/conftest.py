@@ -30,8 +30,10 @@ def shared(sub: str) -> Path:
     return p
 
 
-def run_cli(*args: str, timeout: float = 600, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run one of our console commands in a subprocess (the way users run it); ``env`` adds variables."""
+def run_cli(*args: str, timeout: float = 1200, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of our console commands in a subprocess (the way users run it); ``env`` adds variables.
+    ``timeout`` guards against a hang only: no command here takes a tenth of it on an idle 2-core
+    machine, but a loaded one slows torch's thread pools several-fold."""
     exe = Path(sys.executable).parent / args[0]
     full_env = {**os.environ, **env} if env else None
     proc = subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=timeout, env=full_env)
