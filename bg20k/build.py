@@ -241,20 +241,20 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     fetched_paths: dict[str, str] = {}
     to_fetch = []
     for u in todo_urls:
-        p = _download_path(out, u)
-        if p.is_file():  # written atomically, so a file that exists is a whole body
-            fetched_paths[u] = str(p)
+        dl = _download_path(out, u)
+        if dl.is_file():  # written atomically, so a file that exists is a whole body
+            fetched_paths[u] = str(dl)
         else:
             to_fetch.append(u)
     if to_fetch:
         bar = tqdm(total=len(to_fetch), desc="download", unit="url", disable=not progress, dynamic_ncols=True)
         for r in _fetch_bounded(to_fetch, cfg, fetch_policy(cfg, resolve, connect)):
             if r.ok and r.data:
-                p = _download_path(out, r.url)
-                atomic_write_bytes(p, r.data)
+                dl = _download_path(out, r.url)
+                atomic_write_bytes(dl, r.data)
                 r.data = None  # the body is on disk: release it now, not when the pool closes
-                fetched_paths[r.url] = str(p)
-                manifest.append({"key": f"download:{r.url}", "type": "download", "path": p.name, **r.record()})
+                fetched_paths[r.url] = str(dl)
+                manifest.append({"key": f"download:{r.url}", "type": "download", "path": dl.name, **r.record()})
             elif r.code in POLICY_STAGES:  # refused by the crawl policy: rejected, not failed
                 manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "rejected",
                                  "stage": r.code, "reason": r.error, "download": r.record(),
@@ -282,9 +282,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
         from rssn.executor import run_tasks
 
         bar = tqdm(total=len(jobs), desc="prepare", unit="image", disable=not progress, dynamic_ncols=True)
-        for i, rec, exc in run_tasks(prepare_source, [(s, p, cfg) for s, p in jobs], workers=cfg.workers,
+        for k, rec, exc in run_tasks(prepare_source, [(s, p, cfg) for s, p in jobs], workers=cfg.workers,
                                      executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
-            s = jobs[i][0]
+            s = jobs[k][0]
             if exc is not None:  # a crashed worker fails this source, not the run
                 rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
             manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec,
@@ -335,6 +335,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     floor = min(cfg.conf, 0.05)
     to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
     if to_screen:
+        assert detect is not None  # to_screen is empty without cfg.screen
         bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
         for batch in shape_batches(to_screen, {i: tuple(cands[i]["size"]) for i in to_screen}, cfg.detect_batch):
             for i, dets in zip(batch, detect([str(out / ".stage" / f"{i}.jpg") for i in batch], floor)):
@@ -387,9 +388,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     # -- place
     kept = {i for i, v in verdicts.items() if v["verdict"] == "kept"}
     for split in ("train", "testval"):
-        for p in (out / split).glob("*.jpg"):
-            if p.stem not in kept or verdicts[p.stem]["split"] != split:
-                p.unlink()
+        for placed_file in (out / split).glob("*.jpg"):
+            if placed_file.stem not in kept or verdicts[placed_file.stem]["split"] != split:
+                placed_file.unlink()
     for i in sorted(kept):
         dst = out / verdicts[i]["split"] / f"{i}.jpg"
         if not dst.exists():
