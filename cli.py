@@ -13,13 +13,16 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from bg20k.download import DEFAULT_DISALLOWED_DIRECTIVES as DEFAULT_DIRECTIVES
 from rssn.denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
 from rssn.denoise import PROFILES as DENOISE_PROFILES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXIT_OK, EXIT_NOTHING_MADE, EXIT_USAGE = 0, 1, 2
 
@@ -818,11 +821,10 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
     check_output_folder(out_dir, {"--input": input_path},
                         lambda o, f: (o / f"{f.stem}.png", o / "rgba" / f"{f.stem}.png", o / "composite" / f"{f.stem}.png"))
     check_writable(out_dir)
-    bg_image = None
+    bg_for_predict: tuple[int, int, int] | np.ndarray | None = None  # a colour, or the image read from the file
     try:
         bg_spec = parse_background(background) if background is not None else None
-        if isinstance(bg_spec, Path):
-            bg_image = read_image(bg_spec)
+        bg_for_predict = read_image(bg_spec) if isinstance(bg_spec, Path) else bg_spec
         dev = pick_device(device)
         models = [load_model(c, dev, backbone, rosta) for c in checkpoints]
     except ImageReadError as exc:
@@ -835,7 +837,7 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
         settings.update(fg_method=fg_method, background=bg_spec if not isinstance(bg_spec, tuple) else list(bg_spec))
     with claimed_output(out_dir, "gfm predict", settings, overwrite=overwrite):
         res = run_predict(models, collect_inputs(input_path), out_dir, dev, rgba=rgba, fg_method=fg_method,
-                          background=bg_image if bg_image is not None else bg_spec, progress=not quiet,
+                          background=bg_for_predict, progress=not quiet,
                           root=input_path if input_path.is_dir() else None, glance_scale=glance_scale,
                           focus_scale=focus_scale, scale=scale, max_side=max_side or None)
         atomic_write_json(out_dir / "summary.json", {"command": "gfm predict", "settings": {**settings, "checkpoints": list(checkpoints)},
@@ -1144,7 +1146,7 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
         from gfm.checkpoint import load_model
         from gfm.data import find_samples
         from gfm.predict import run_predict
-        from gfm.train import pick_device
+        from gfm.train import file_pairs, pick_device
         from rssn.layout import LayoutError
 
         try:
@@ -1153,10 +1155,11 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
             _fail_usage(str(exc))
         if not samples:
             _fail_usage(f"--data {data_dir}: no photo with a matte found")
-        if not isinstance(samples[0].image, Path):
+        pairs = file_pairs(samples)
+        if pairs is None:
             _fail_usage(f"--data {data_dir}: webdataset shards cannot be evaluated (ground truth is scored from "
                         "files); compose the evaluation set with --format png, or unpack the shards")
-        gt_dir = gt_dir or samples[0].alpha.parent
+        gt_dir = gt_dir or pairs[0][1].parent
         if pred_out is not None:
             check_output_folder(pred_out, {"--gt": gt_dir})
         pred_dir = pred_out or Path(tempfile.mkdtemp(prefix="gfm-eval-"))
@@ -1165,7 +1168,7 @@ def gfm_eval(pred_dir: Path | None, gt_dir: Path | None, checkpoint: str | None,
             model = load_model(checkpoint, dev)
         except (ValueError, FileNotFoundError) as exc:
             _fail_usage(str(exc))
-        run_predict(model, [s.image for s in samples], pred_dir, dev, progress=not quiet)
+        run_predict(model, [image for image, _ in pairs], pred_dir, dev, progress=not quiet)
     if pred_dir is None or gt_dir is None:
         _fail_usage("give --pred and --gt, or --checkpoint and --data")
     cfg = _config(EvalConfig, pred_dir, gt_dir, trimap_dir, protocol, trimap_kernel, error_maps)

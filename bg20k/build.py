@@ -284,11 +284,11 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
         bar = tqdm(total=len(to_fetch), desc="download", unit="url", disable=not progress, dynamic_ncols=True)
         for r in _fetch_bounded(to_fetch, cfg, fetch_policy(cfg, resolve, connect)):
             if r.ok and r.data:
-                p = _download_path(out, r.url)
-                atomic_write_bytes(p, r.data)
+                dl = _download_path(out, r.url)
+                atomic_write_bytes(dl, r.data)
                 r.data = None  # the body is on disk: release it now, not when the pool closes
                 fetched.add(r.url)
-                manifest.append({"key": f"download:{r.url}", "type": "download", "path": p.name, **r.record()})
+                manifest.append({"key": f"download:{r.url}", "type": "download", "path": dl.name, **r.record()})
             elif r.code in POLICY_STAGES:  # refused by the crawl policy: rejected, not failed
                 manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "rejected",
                                  "stage": r.code, "reason": r.error, "download": r.record(),
@@ -312,9 +312,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
         from rssn.executor import run_tasks
 
         bar = tqdm(total=len(jobs), desc="prepare", unit="image", disable=not progress, dynamic_ncols=True)
-        for i, rec, exc in run_tasks(prepare_source, _PrepareTasks(jobs, out, cfg), workers=cfg.workers,
+        for k, rec, exc in run_tasks(prepare_source, _PrepareTasks(jobs, out, cfg), workers=cfg.workers,
                                      executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
-            s = jobs[i][0]
+            s = jobs[k][0]
             if exc is not None:  # a crashed worker fails this source, not the run
                 rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
             manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec,
@@ -340,20 +340,20 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     for key in manifest.keys():
         if not key.startswith("source:") or key[7:] not in current:
             continue
-        rec = manifest.get(key)
-        if rec["type"] != "source" or rec.get("status") != "candidate":
+        srec = manifest.get(key)
+        if srec is None or srec["type"] != "source" or srec.get("status") != "candidate":
             continue
-        if rec["source"] in barred:
-            barred_cands.setdefault(rec["id"], Candidate.of(rec))
+        if srec["source"] in barred:
+            barred_cands.setdefault(srec["id"], Candidate.of(srec))
             continue
-        iid = rec["id"]
+        iid = srec["id"]
         if iid in cands:
-            first = min(cands[iid].source, rec["source"])
-            exact_dups[max(cands[iid].source, rec["source"])] = iid
-            if rec["source"] == first:
-                cands[iid] = Candidate.of(rec)
+            first = min(cands[iid].source, srec["source"])
+            exact_dups[max(cands[iid].source, srec["source"])] = iid
+            if srec["source"] == first:
+                cands[iid] = Candidate.of(srec)
         else:
-            cands[iid] = Candidate.of(rec)
+            cands[iid] = Candidate.of(srec)
     barred_cands = {i: r for i, r in barred_cands.items() if i not in cands}  # same bytes, eligible source: it wins
     ids = sorted(cands)
     placed = _placed(manifest, out)
@@ -370,8 +370,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     floor = min(cfg.conf, 0.05)
     to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
     if to_screen:
+        assert detect is not None  # to_screen is empty without cfg.screen
         bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
-        for batch in shape_batches(to_screen, {i: tuple(cands[i].size) for i in to_screen}, cfg.detect_batch):
+        for batch in shape_batches(to_screen, {i: (cands[i].size[0], cands[i].size[1]) for i in to_screen}, cfg.detect_batch):
             for i, dets in zip(batch, detect([str(out / ".stage" / f"{i}.jpg") for i in batch], floor)):
                 manifest.append({"key": f"detect:{i}", "type": "detections", "id": i, "detector": det_key,
                                  "min_conf": floor, "detections": [d.as_list() for d in dets]})
@@ -386,15 +387,15 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     classes = set(cfg.classes) if cfg.classes else None
     verdicts: dict[str, dict[str, Any]] = {}
     for i in sorted(barred_cands):  # left out of dedup and screening; the licence rule is final
-        rec = barred_cands[i]
-        verdicts[i] = {"id": i, "source": rec.source, "orig_size": rec.orig_size,
-                       "attribution": attribution.get(rec.source, {}), "detections": [], "verdict": "rejected",
-                       "reason": f"licence: {barred[rec.source]}", "licence_rejected": True,
+        cand = barred_cands[i]
+        verdicts[i] = {"id": i, "source": cand.source, "orig_size": cand.orig_size,
+                       "attribution": attribution.get(cand.source, {}), "detections": [], "verdict": "rejected",
+                       "reason": f"licence: {barred[cand.source]}", "licence_rejected": True,
                        "split": placed.get(i) or split_of(i, cfg.val_fraction)}
     for i in ids:
-        rec = cands[i]
-        v: dict[str, Any] = {"id": i, "source": rec.source, "orig_size": rec.orig_size,
-                             "attribution": attribution.get(rec.source, {})}
+        cand = cands[i]
+        v: dict[str, Any] = {"id": i, "source": cand.source, "orig_size": cand.orig_size,
+                             "attribution": attribution.get(cand.source, {})}
         dets = []
         drec = manifest.get(f"detect:{i}")
         if drec is not None and drec["detector"] == det_key:
@@ -423,9 +424,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     # -- place
     kept = {i for i, v in verdicts.items() if v["verdict"] == "kept"}
     for split in ("train", "testval"):
-        for p in (out / split).glob("*.jpg"):
-            if p.stem not in kept or verdicts[p.stem]["split"] != split:
-                p.unlink()
+        for placed_file in (out / split).glob("*.jpg"):
+            if placed_file.stem not in kept or verdicts[placed_file.stem]["split"] != split:
+                placed_file.unlink()
     for i in sorted(kept):
         dst = out / verdicts[i]["split"] / f"{i}.jpg"
         if not dst.exists():
@@ -438,9 +439,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     def current_sources():
         for key in manifest.keys():
             if key.startswith("source:") and key[7:] in current:
-                rec = manifest.get(key)
-                if rec["type"] == "source":
-                    yield rec
+                src = manifest.get(key)
+                if src is not None and src["type"] == "source":
+                    yield src
 
     def failed_rows():  # review.html's table, read again from the manifest as the page is written
         for rec in current_sources():
@@ -605,7 +606,8 @@ def _placed(manifest: Manifest, out: Path) -> dict[str, str]:
     for key in manifest.keys():
         if key.startswith("placed:"):
             r = manifest.get(key)
-            placed[r["id"]] = r["split"]
+            if r is not None:
+                placed[r["id"]] = r["split"]
     for split in ("train", "testval"):
         for p in (out / split).glob("*.jpg"):
             placed.setdefault(p.stem, split)
@@ -621,7 +623,7 @@ def _near_duplicates(ids: list[str], cands: dict[str, Candidate], was_kept: set[
     if not ids:
         return {}
     hashes = [int(cands[i].hash, 16) for i in ids]
-    mirrored = [int(cands[i].hash_mirror, 16) if cands[i].hash_mirror else None for i in ids]
+    mirrored = [int(m, 16) if (m := cands[i].hash_mirror) else None for i in ids]
     order = sorted(range(len(ids)), key=lambda k: (ids[k] not in was_kept,
                                                    -cands[ids[k]].orig_size[0] * cands[ids[k]].orig_size[1],
                                                    ids[k]))

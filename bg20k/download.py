@@ -17,6 +17,7 @@ time (`HostSlots`); a 429 or 503 ``Retry-After`` is honoured while it fits in th
 """
 from __future__ import annotations
 
+import builtins
 import csv
 import email.utils
 import http.client
@@ -176,7 +177,8 @@ class _HostHold:
     leaves it (urllib has closed the previous response by then), released at the end."""
 
     def __init__(self, slots: HostSlots | None):
-        self.slots, self.host = slots, None
+        self.slots = slots
+        self.host: str | None = None
 
     def take(self, host: str, timeout: float | None = None) -> None:
         host = host.lower()
@@ -234,7 +236,7 @@ class Fetched:
     bytes: int = 0
     seconds: float = 0.0
     attempts: int = 0
-    data: bytes | None = None
+    data: builtins.bytes | None = None  # (the field ``bytes`` shadows the type here)
     code: str | None = None  # "private_network" or "opt_out": refused by the crawl policy
     directives: list[str] = field(default_factory=list)  # the opt-out directives seen
     retry_after: list[float] = field(default_factory=list)  # Retry-After waits honoured, s
@@ -315,7 +317,7 @@ def _deadline_handlers(deadline: _Deadline, policy: FetchPolicy, hold: _HostHold
     addresses (unless private networks are allowed), register their sockets with ``deadline``
     and connect within the time that is left."""
 
-    class OnDeadline:  # before HTTP(S)Connection in the bases: its connect wraps theirs
+    class OnDeadline(http.client.HTTPConnection):  # before HTTPSConnection in the bases: its connect wraps theirs
         def connect(self) -> None:
             hold.take(self.host, deadline.remaining())
             self.timeout = deadline.remaining()
@@ -324,7 +326,7 @@ def _deadline_handlers(deadline: _Deadline, policy: FetchPolicy, hold: _HostHold
             super().connect()
             deadline.register(self.sock)
 
-    class Conn(OnDeadline, http.client.HTTPConnection):
+    class Conn(OnDeadline):
         pass
 
     class SecureConn(OnDeadline, http.client.HTTPSConnection):
@@ -336,7 +338,8 @@ def _deadline_handlers(deadline: _Deadline, policy: FetchPolicy, hold: _HostHold
 
     class Secure(urllib.request.HTTPSHandler):
         def https_open(self, req):
-            return self.do_open(SecureConn, req, context=self._context)
+            context = self._context  # type: ignore[attr-defined]  # set by HTTPSHandler.__init__, not in the stubs
+            return self.do_open(SecureConn, req, context=context)
 
     return [Plain(), Secure()]
 

@@ -112,7 +112,8 @@ class Detector:
                 confs = r.boxes.conf.cpu().numpy()
                 classes = r.boxes.cls.cpu().numpy().astype(int)
                 for b, c, k in zip(boxes, confs, classes):
-                    dets.append(Detection(str(self.names.get(int(k), int(k))), float(c), tuple(float(v) for v in b)))
+                    x0, y0, x1, y1 = (float(v) for v in b)
+                    dets.append(Detection(str(self.names.get(int(k), int(k))), float(c), (x0, y0, x1, y1)))
             out.append(dets)
         return out
 

@@ -68,7 +68,7 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu", backb
 
         onnx_model = OnnxGFM(checkpoint, device)
         _check_asked(checkpoint, onnx_model.config, backbone, rosta)
-        return onnx_model  # type: ignore[return-value]
+        return onnx_model  # type: ignore[return-value]  # OnnxGFM stands in for GFM: the same prediction interface
     ckpt = load_checkpoint(checkpoint)
     mc = model_config_of(ckpt)
     _check_asked(checkpoint, mc, backbone, rosta)

@@ -46,11 +46,12 @@ def parse_background(spec: str) -> tuple[int, int, int] | Path:
     if s in NAMED_COLOURS:
         return NAMED_COLOURS[s]
     if re.fullmatch(r"#[0-9a-f]{6}", s):
-        return tuple(int(s[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        r, g, b = (int(s[i : i + 2], 16) for i in (1, 3, 5))
+        return r, g, b
     if re.fullmatch(r"\d{1,3},\d{1,3},\d{1,3}", s):
-        rgb = tuple(int(v) for v in s.split(","))
-        if max(rgb) <= 255:
-            return rgb  # type: ignore[return-value]
+        r, g, b = (int(v) for v in s.split(","))
+        if max(r, g, b) <= 255:
+            return r, g, b
     p = Path(spec)
     if p.is_file():
         return p

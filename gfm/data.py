@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -26,6 +27,9 @@ from rssn.seeding import derive_rng
 
 from .losses import FT_BT_KERNEL
 
+if TYPE_CHECKING:
+    from rssn.shards import TarPart
+
 CROP_SIZES = (640, 960, 1280)
 TARGET_MARGIN = FT_BT_KERNEL  # more than the reach of the largest target kernel
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -34,11 +38,13 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 @dataclass(frozen=True)
 class Sample:
+    """One training sample's files: paths, or members of webdataset shards."""
+
     name: str
-    image: Path
-    alpha: Path
-    fg: Path | None = None
-    bg: Path | None = None
+    image: Path | TarPart
+    alpha: Path | TarPart
+    fg: Path | TarPart | None = None
+    bg: Path | TarPart | None = None
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
@@ -65,20 +71,21 @@ def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]
             samples.append(Sample(key, parts["image"], parts["alpha"], parts.get("fg"), parts.get("bg")))
         return samples, failures
     if all((root / d).is_dir() for d in ("image", "alpha", "fg", "bg")):
-        parts = {d: _by_stem(root / d) for d in ("image", "alpha", "fg", "bg")}
+        files = {d: _by_stem(root / d) for d in ("image", "alpha", "fg", "bg")}
         samples, failures = [], []
-        for stem, img in parts["image"].items():
-            missing = [d for d in ("alpha", "fg", "bg") if stem not in parts[d]]
+        for stem, img in files["image"].items():
+            missing = [d for d in ("alpha", "fg", "bg") if stem not in files[d]]
             if missing:
                 failures.append((str(img), f"no {'/'.join(missing)} file with stem {stem!r}"))
                 continue
-            samples.append(Sample(stem, img, parts["alpha"][stem], parts["fg"][stem], parts["bg"][stem]))
+            samples.append(Sample(stem, img, files["alpha"][stem], files["fg"][stem], files["bg"][stem]))
         return samples, failures
     try:
         items, fails = find_foregrounds(root, "photo")
     except LayoutError as exc:
         raise LayoutError(f"{exc}; or give `rssn compose` output (image/ alpha/ fg/ bg/)") from None
-    return [Sample(i.stem, i.image, i.matte) for i in items], [(f.path, f.reason) for f in fails]
+    # a photo layout pairs every item with a matte (the test only narrows the type)
+    return [Sample(i.stem, i.image, i.matte) for i in items if i.matte is not None], [(f.path, f.reason) for f in fails]
 
 
 def check_samples(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
@@ -161,7 +168,7 @@ def target_plane(alpha: np.ndarray, rostas: tuple[str, ...] = ("tt", "ft", "bt")
     return out
 
 
-def window_targets(bits: np.ndarray, values: np.ndarray, top: int, rosta: str) -> dict[str, np.ndarray]:
+def window_targets(bits: np.ndarray, values: np.ndarray, top: int | float, rosta: str) -> dict[str, np.ndarray]:
     """The batch targets of a window from its target plane and matte values (uint8/uint16 on
     the 0..``top`` scale): ``glance`` classes (uint8), ``transition`` weight (uint8 0/1) and
     ``focus`` target (matte's type and scale), keyed as :func:`gfm.losses.all_glance_targets`."""

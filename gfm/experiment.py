@@ -20,7 +20,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,7 +37,7 @@ DEFAULT_ARMS: dict[str, dict[str, Any]] = {
 ORI_ARM = "ori"  # trains on the foreground photos themselves (the ORI-Track)
 
 # `rssn compose` options an arm may set: option -> (ComposeConfig field, parser)
-ARM_OPTIONS = {
+ARM_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--route": ("route", str), "--denoise-p": ("denoise_p", float), "--blur-p": ("blur_p", float),
     "--noise-p": ("noise_p", float), "--noise-sigma": ("noise_sigma", float), "--fg-method": ("fg_method", str),
     "--denoise-profile": ("denoise_profile", str), "--denoise-sigma": ("denoise_sigma", float),
@@ -147,11 +147,12 @@ def evaluate_checkpoint(ckpt: Path, val: Path, pred_dir: Path, device) -> dict[s
     from .data import find_samples
     from .evaluate import EvalConfig, run_eval
     from .predict import run_predict
+    from .train import check_val_files
 
-    samples, _ = find_samples(val)
+    pairs = check_val_files(val, find_samples(val)[0])
     model = load_model(ckpt, device)
-    run_predict(model, [s.image for s in samples], pred_dir, device, progress=False)
-    result = run_eval(EvalConfig(pred_dir, samples[0].alpha.parent, protocol="gfm"), progress=False)
+    run_predict(model, [image for image, _ in pairs], pred_dir, device, progress=False)
+    result = run_eval(EvalConfig(pred_dir, pairs[0][1].parent, protocol="gfm"), progress=False)
     return {"checkpoint": str(ckpt), "count": len(result.rows), "means": result.means(),
             "failures": result.failures}
 
@@ -162,8 +163,10 @@ def val_overlap(cfg: ExperimentConfig) -> list[dict[str, str]]:
 
     from .data import find_samples
     from .leakage import find_overlap, overlap_message
+    from .train import check_val_files
 
     val, _ = find_samples(cfg.val)
+    check_val_files(cfg.val, val)
     items, _ = find_foregrounds(cfg.fg)
     overlap = find_overlap([s.image for s in val], [i.image for i in items], cfg.loader_workers or None)
     if overlap and not cfg.allow_val_overlap:

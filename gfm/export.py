@@ -83,10 +83,10 @@ class _Exported(nn.Module):
             for name, child in list(m.named_children()):
                 if isinstance(child, nn.AdaptiveAvgPool2d):
                     size = child.output_size
-                    bins = size if isinstance(size, int) else size[0]
-                    if not isinstance(size, int) and size[0] != size[1]:
+                    bins_h, bins_w = (size, size) if isinstance(size, int) or size is None else size
+                    if bins_h is None or bins_h != bins_w:
                         raise OnnxExportError(f"cannot export a {size} adaptive pooling")
-                    setattr(m, name, SizeFreeAdaptiveAvgPool2d(bins))
+                    setattr(m, name, SizeFreeAdaptiveAvgPool2d(bins_h))
         self.rim = model.config.rosta == "rim"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -120,6 +120,7 @@ def export_onnx(model: GFM, out: str | Path, *, source: str = "", opset: int = O
     names = output_names(config)
     program = torch.onnx.export(wrapped, (x,), None, dynamo=True, input_names=["image"], output_names=names,
                                 dynamic_shapes={"x": {2: 32 * h, 3: 32 * w}}, opset_version=opset, verbose=False)
+    assert program is not None  # with dynamo=True and no file, export returns the program
     proto = program.model_proto
     meta = {"gfm_format": ONNX_FORMAT, "gfm_format_version": str(ONNX_FORMAT_VERSION),
             "gfm_model_config": json.dumps(config.to_dict(), sort_keys=True), "gfm_outputs": ",".join(names),

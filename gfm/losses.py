@@ -17,6 +17,8 @@ padding, band = level - its blur, next level = 2x2 average of the blur). README.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import cv2
 import numpy as np
 import torch
@@ -157,7 +159,9 @@ def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """Sum over pyramid levels of the mean L1 difference (inputs masked by ``weight`` first)."""
     if weight is not None:
         pred, target = pred * weight, target * weight
-    return sum(F.l1_loss(a, b) for a, b in zip(laplacian_pyramid(pred, levels, kind), laplacian_pyramid(target, levels, kind)))
+    per_level = (F.l1_loss(a, b) for a, b in zip(laplacian_pyramid(pred, levels, kind),
+                                                  laplacian_pyramid(target, levels, kind)))
+    return cast(torch.Tensor, sum(per_level))  # a pyramid holds at least its residual: never sum's 0
 
 
 def composition_loss(alpha_pred: torch.Tensor, alpha_gt: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
@@ -226,5 +230,5 @@ def gfm_loss(out: dict, batch: dict[str, torch.Tensor], laplacian: str = "textbo
                 terms[k] = terms.get(k, 0) + v
         for k, v in _fusion_terms(out["fusion"], batch, laplacian).items():
             terms[k] = terms[k] + v
-    terms["loss"] = sum(terms.values())
+    terms["loss"] = cast(torch.Tensor, sum(terms.values()))  # terms is never empty: never sum's 0
     return terms

@@ -30,6 +30,7 @@ pooled ones stood), ``bridge=False`` (the deepest encoder features stand for the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,9 @@ BACKBONES = ("r34", "r34_2b", "r101", "d121")
 ROSTAS = ("tt", "ft", "bt", "rim")
 GLANCE_CLASSES = {"tt": 3, "ft": 2, "bt": 2}
 INPUT_RANGES = ("imagenet", "0-255")
+
+if TYPE_CHECKING:  # torchvision ships no type information: these are Any to mypy, names for the reader
+    from torchvision.models import DenseNet, ResNet
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -188,8 +192,15 @@ def _resnet34(pretrained: str) -> nn.Module:
 # Per backbone: channels of the pooled features; glance stages top-down as (in, mid1, mid2, out);
 # the pooled shortcut (out channels, upsample factor) feeding each stage after the first; and the
 # focus stages' input widths (the bridge output or a stage output, plus the encoder shortcut).
+class _Spec(TypedDict):
+    c: int
+    glance: tuple[tuple[int, int, int, int], ...]
+    shortcuts: tuple[tuple[int, int], ...]
+    focus_in: tuple[int, ...]
+
+
 _R34_GLANCE = ((1024, 512, 512, 256), (512, 256, 256, 128), (256, 128, 128, 64), (128, 64, 64, 64))
-_SPECS = {
+_SPECS: dict[str, _Spec] = {
     "r34": dict(c=512, glance=_R34_GLANCE, shortcuts=((256, 2), (128, 4), (64, 8), (64, 16)),
                 focus_in=(1024, 512, 256, 128)),
     "d121": dict(c=512, glance=_R34_GLANCE, shortcuts=((256, 2), (128, 4), (64, 8), (64, 16)),
@@ -206,6 +217,11 @@ _SPECS = {
 class GFM(nn.Module):
     """The GFM network; see the module docstring. ``GFM(backbone, rosta, pretrained)`` or
     ``GFM(config=ModelConfig(...), pretrained=...)``."""
+
+    # set by name (setattr) in __init__, read by name in forward: declared for the type checker
+    psp1: nn.Module
+    decoder0_g: nn.Module
+    decoder0_f: nn.Module
 
     def __init__(self, backbone: str = "r34", rosta: str = "tt", pretrained: str = "none", *,
                  config: ModelConfig | None = None):
@@ -253,7 +269,8 @@ class GFM(nn.Module):
         """The encoder stages, sharing their modules with the torchvision model they come from
         (``resnet`` / ``densenet``), which the official checkpoints also hold."""
         if backbone == "d121":
-            self.densenet = d = _torchvision_backbone("densenet121", pretrained)
+            d: DenseNet = _torchvision_backbone("densenet121", pretrained)
+            self.densenet = d
             f = d.features
             self.encoder0 = nn.Sequential(f.conv0, f.norm0, f.relu0)  # 1/2, 64 (no pool0)
             self.encoder1 = nn.Sequential(f.denseblock1, f.transition1)  # 1/4, 128
@@ -262,7 +279,8 @@ class GFM(nn.Module):
             self.encoder4 = nn.Sequential(f.denseblock4, nn.Conv2d(1024, 512, 3, padding=1), nn.BatchNorm2d(512),
                                           nn.ReLU(inplace=True), nn.MaxPool2d(2, 2, ceil_mode=True))  # 1/32, 512
             return
-        self.resnet = r = _torchvision_backbone("resnet101" if backbone == "r101" else "resnet34", pretrained)
+        r: ResNet = _torchvision_backbone("resnet101" if backbone == "r101" else "resnet34", pretrained)
+        self.resnet = r
         if backbone == "r34_2b":
             from torchvision.models.resnet import BasicBlock
 
@@ -279,7 +297,7 @@ class GFM(nn.Module):
     def _freeze_unused(self) -> None:
         """Parameters the forward pass never reads (the ImageNet head, r34_2b's unused stem and
         psp1) get no gradient: the optimiser and DDP skip them, and checkpoints still hold them."""
-        used = set()
+        used: set[int] = set()
         for name, module in self.named_children():
             if name in ("resnet", "densenet"):
                 continue

@@ -28,7 +28,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ import torch
 from rssn.imageio import ImageReadError, atomic_write_bytes, atomic_write_json, read_image, read_matte
 from rssn.manifest import Manifest
 from rssn.seeding import derive_rng
+from rssn.shards import TarPart
 
 from .data import (MattingDataset, Sample, _source, check_samples, choose_crop_at, find_samples,
                    photo_foreground_background, target_plane, window_sample)
@@ -89,13 +90,14 @@ def decode_sample(sample: Sample, cache_root: str | None) -> dict[str, Any]:
     source_bytes = 0
     for p in (sample.image, sample.alpha, sample.fg, sample.bg):
         if p is not None:
-            source_bytes += int(p.size) if hasattr(p, "load") else os.path.getsize(p)
+            source_bytes += int(p.size) if isinstance(p, TarPart) else os.path.getsize(p)
     return {
         "image": image, "values": values, "top": matte.maxval, "fg": fg if fg_source else None,
         "bg": bg if fg_source else None, "fg_source": fg_source,
         "bits": target_plane(alpha), "trans": np.flatnonzero((values > 0) & (values < matte.maxval)).astype(np.uint32),
         "alpha_hash": hashlib.sha1(values.tobytes() + str(values.shape).encode()).hexdigest(),
-        "fg_hash": hashlib.sha1(fg.tobytes() + str(fg.shape).encode()).hexdigest() if fg_source else None,
+        "fg_hash": hashlib.sha1(fg.tobytes() + str(fg.shape).encode()).hexdigest() if fg_source and fg is not None
+        else None,
         "source_bytes": source_bytes,
     }
 
@@ -169,10 +171,11 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
 
         cache_root = str(cache_dir or default_cache_dir())
 
-    samples, failures = [], []
-    for d in sources:
-        s, f = find_samples(d)
-        samples += s
+    samples: list[Sample] = []
+    failures: list[tuple[str, str]] = []
+    for src in sources:
+        found, f = find_samples(src)
+        samples += found
         failures += f
     attribution = carry_provenance(sources, out)
     samples, bad = check_samples(samples)
@@ -195,7 +198,7 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
             extents.append((off, a.nbytes))
             return off
 
-        planes = {"image": put(d["image"])}
+        planes: dict[str, Any] = {"image": put(d["image"])}
         if d["alpha_hash"] in alphas:
             planes.update({k: alphas[d["alpha_hash"]][k] for k in ("alpha", "bits", "trans")})
         else:
@@ -235,11 +238,11 @@ def pack(sources: list[str], out: str | os.PathLike, *, photo_fgbg: bool = True,
         else:
             from rssn.executor import run_tasks
 
-            for k, d, exc in run_tasks(decode_sample, [(s, cache_root) for _, s in tasks], workers=workers,
-                                       executor=executor, ray_address=ray_address):
+            for k, d, error in run_tasks(decode_sample, [(s, cache_root) for _, s in tasks], workers=workers,
+                                         executor=executor, ray_address=ray_address):
                 i, s = tasks[k]
-                if exc is not None:
-                    fail(s, exc)
+                if error is not None:
+                    fail(s, error)
                 else:
                     write(i, s, d)
     finally:
@@ -352,7 +355,8 @@ class TrainingStore:
             spans += [(p["fg"], h * w * 3), (p["bg"], h * w * 3)]
         for off, n in spans:
             if n:
-                self._mm._mmap.madvise(mmap.MADV_DONTNEED, off, min(n, len(self._mm) - off))
+                raw = self._mm._mmap  # type: ignore[attr-defined]  # numpy's memmap keeps its mmap.mmap here
+                raw.madvise(mmap.MADV_DONTNEED, off, min(n, len(self._mm) - off))
 
     def planes(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
         """Views (no reading yet) of one record's planes."""
@@ -371,7 +375,7 @@ class StoreDataset(MattingDataset):
     """:class:`gfm.data.MattingDataset` over packed stores: the same draws from (seed, epoch,
     index) and the same tensors, reading only each plane's crop window."""
 
-    def __init__(self, stores: list[str | os.PathLike | TrainingStore], rosta: str, crop: int = 320, seed: int = 0,
+    def __init__(self, stores: Sequence[str | os.PathLike | TrainingStore], rosta: str, crop: int = 320, seed: int = 0,
                  photo_fgbg: bool = True):
         """``photo_fgbg``: use the closed-form F and B a store holds for photos (as the folder
         path's photo F/B cache does); off, photos train without the composition loss."""

@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader
 from rssn.checks import check_choice_setting, check_int_setting, check_number_setting
 from rssn.imageio import atomic_write_bytes, atomic_write_json
 from rssn.seeding import derive_rng
+from rssn.shards import TarPart
 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_config_of, save_checkpoint
-from .data import MattingDataset, Sample, check_samples, collate, find_samples, to_device
+from .data import MattingDataset, Sample, _source, check_samples, collate, find_samples, to_device
 from .losses import LAPLACIAN_KINDS, gfm_loss
 from .model import GFM, ModelConfig
 
@@ -155,6 +156,24 @@ def training_images(cfg: TrainConfig, samples: list[Sample], dataset) -> list:
     return paths
 
 
+def file_pairs(samples: list[Sample]) -> list[tuple[Path, Path]] | None:
+    """The (photo, matte) files of ``samples``; None when any is a member of a webdataset shard."""
+    pairs = [(s.image, s.alpha) for s in samples if isinstance(s.image, Path) and isinstance(s.alpha, Path)]
+    return pairs if len(pairs) == len(samples) else None
+
+
+def check_val_files(val: str | os.PathLike, samples: list[Sample]) -> list[tuple[Path, Path]]:
+    """The validation (photo, matte) files. They must be files: the overlap check with the training
+    photos reads files (it leaves shard members out), so webdataset shards would go unchecked;
+    ValueError says what to give."""
+    pairs = file_pairs(samples)
+    if pairs is None:
+        raise ValueError(f"--val {val}: webdataset shards cannot be validated on (the overlap check with the "
+                         "training photos reads files); compose the validation set with --format png, or unpack "
+                         "the shards")
+    return pairs
+
+
 def check_val_overlap(cfg: TrainConfig, val_samples: list[Sample], train_paths: list) -> list[dict[str, str]]:
     """The validation photos that are training photos: an error naming them unless
     ``cfg.allow_val_overlap``, then returned so that the run records them."""
@@ -177,7 +196,8 @@ def val_fingerprint(val_samples: list[Sample]) -> str | None:
     for s in sorted(val_samples, key=lambda s: s.name):
         h.update(s.name.encode() + b"|")
         for p in (s.image, s.alpha):
-            h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+            data = p.load().data if isinstance(p, TarPart) else Path(p).read_bytes()
+            h.update(hashlib.sha256(data).digest())
     return h.hexdigest()
 
 
@@ -256,8 +276,8 @@ def evaluate(model, samples: list[Sample], device) -> dict[str, float]:
     was_training = core.training
     sad = mse = 0.0
     for s in samples:
-        image = read_image(s.image)
-        gt = read_matte(s.alpha).alpha.astype(np.float64)
+        image = read_image(_source(s.image))
+        gt = read_matte(_source(s.alpha)).alpha.astype(np.float64)
         pred = predict_matte(core, image, device=device).astype(np.float64)
         sad += float(np.abs(pred - gt).sum() / 1000)
         mse += float(((pred - gt) ** 2).mean())
@@ -393,16 +413,19 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         from rssn.compose import default_cache_dir
 
         cache_root = str(default_cache_dir())
+    dataset: MattingDataset
     if cfg.fg and cfg.bg:
         from .data import OnTheFlyDataset
 
-        dataset = OnTheFlyDataset(cfg.fg, cfg.bg, cfg.rosta, cfg.crop, cfg.seed, cfg.per_fg, dict(cfg.route_options))
-        failures += [(f.path, f.reason) for f in dataset.failures]
-        if not dataset.items:
+        on_the_fly = OnTheFlyDataset(cfg.fg, cfg.bg, cfg.rosta, cfg.crop, cfg.seed, cfg.per_fg, dict(cfg.route_options))
+        failures += [(f.path, f.reason) for f in on_the_fly.failures]
+        if not on_the_fly.items:
             raise ValueError(f"no usable foreground in {cfg.fg}")
+        dataset = on_the_fly
     elif stores:
-        dataset = StoreDataset(stores, cfg.rosta, cfg.crop, cfg.seed, photo_fgbg=cfg.photo_fgbg)
-        failures += dataset.failures
+        packed = StoreDataset(stores, cfg.rosta, cfg.crop, cfg.seed, photo_fgbg=cfg.photo_fgbg)
+        failures += packed.failures
+        dataset = packed
     else:
         dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed,
                                  photo_fgbg_cache=cache_root if cfg.photo_fgbg else None)
@@ -415,6 +438,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     val_skipped: list[tuple[str, str]] = []  # unreadable or unpaired validation files: named, counted
     if cfg.val:
         val_samples, vf = find_samples(cfg.val)
+        check_val_files(cfg.val, val_samples)
         val_samples, vb = check_samples(val_samples)
         val_skipped = [(str(p), r) for p, r in vf + vb]
         if is_main:
@@ -436,15 +460,17 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     if cfg.batch_size is None:  # the default: recorded in the checkpoint, never re-derived on another device
         old_batch = json.loads(ckpt["config"]).get("batch_size") if ckpt else None
         cfg = replace(cfg, batch_size=int(old_batch) if old_batch else default_batch_size(cfg.backbone, device.type))
+    assert cfg.batch_size is not None  # set just above when it was None
 
     torch.manual_seed(cfg.seed)
-    model = GFM(config=cfg.model_config(), pretrained=cfg.pretrained).to(device)
+    model: torch.nn.Module = GFM(config=cfg.model_config(), pretrained=cfg.pretrained).to(device)  # DDP may wrap it
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     state = TrainState()
     best_val_sad = float("inf")
 
     if ckpt is not None:
+        assert resume is not None  # the checkpoint was loaded from it
         old = model_config_of(ckpt)
         if old != cfg.model_config():
             diffs = [f"{k}: {v} in the checkpoint, {getattr(cfg.model_config(), k)} now"
@@ -528,7 +554,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
             save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg, world, val_fp, best_val_sad),
                             out / "last.pt")
             if is_best:
-                core = model.module if hasattr(model, "module") else model
+                core: torch.nn.Module = getattr(model, "module", model)  # the network, unwrapped from DDP
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "model": core.state_dict(), "epoch": state.epoch,
                                  "val_sad": record["val_sad"], "model_config": cfg.model_config().to_dict()},
                                 out / "best.pt")

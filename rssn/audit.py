@@ -453,7 +453,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
         bar.update(1)
     bar.close()
 
-    columns = MEASURES
+    columns: tuple[str, ...] = MEASURES
     if detector is not None:
         _detect(cfg, detector, by_key, rows_db, progress)
         columns = MEASURES + SEM_COLUMNS

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from .imageio import atomic_write_bytes, atomic_write_json, encode_image
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .audit import AuditConfig, AuditItem, AuditResult
 
 THUMB_WIDTH = 220
@@ -131,7 +133,7 @@ def write_histograms(folder: Path, rows: list[dict], set_names: list[str], refer
         if len(allv) == 0:
             continue
         lo, hi = hist_range(allv)
-        bins = np.linspace(lo, hi, 25)
+        bins = np.linspace(lo, hi, 25).tolist()  # the same edges, as matplotlib's types ask
         outside = int(np.sum((allv < lo) | (allv > hi)))
         fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=100)
         for s in set_names:

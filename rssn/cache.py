@@ -25,7 +25,7 @@ def content_key(*parts: object) -> str:
         if isinstance(p, np.ndarray):
             a = np.ascontiguousarray(p)
             h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(memoryview(a).cast("B"))
+            h.update(a.data.cast("B"))
         else:
             h.update(repr(p).encode())
         h.update(b"|")

@@ -110,6 +110,8 @@ def dataset_facts(cfg, records: Iterable[dict[str, Any]], prov: Provenance) -> d
     failures = [r for r in recs if r.get("type") == "failure"]
     n = len(comps)
     sizes = Counter(tuple(r["fg"]["size"]) for r in comps)
+    smallest = min(sizes, key=lambda s: (s[0] * s[1], s)) if sizes else None  # by area, then (w, h)
+    largest = max(sizes, key=lambda s: (s[0] * s[1], s)) if sizes else None
     ops: Counter = Counter()
     for r in comps:
         for op in r["ops"]:
@@ -168,8 +170,8 @@ def dataset_facts(cfg, records: Iterable[dict[str, Any]], prov: Provenance) -> d
             "backgrounds": len({r["bg"]["path"] for r in comps}),
             "per_foreground": cfg.per_fg,
             "image_sizes": {"distinct": len(sizes),
-                            "min": list(min(sizes, key=lambda s: (s[0] * s[1], s))) if sizes else None,
-                            "max": list(max(sizes, key=lambda s: (s[0] * s[1], s))) if sizes else None,
+                            "min": list(smallest) if smallest is not None else None,
+                            "max": list(largest) if largest is not None else None,
                             "most_common": [[w, h, c] for (w, h), c in sorted(sizes.items(),
                                                                                 key=lambda kv: (-kv[1], kv[0]))[:5]]},
             "formats": {"image": image_format, "alpha": "PNG, the input matte (values and bit depth unchanged)",

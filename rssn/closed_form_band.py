@@ -56,7 +56,7 @@ LARGE_BAND_SHARE = 0.25
 
 def transition_band(alpha: np.ndarray, margin: int) -> np.ndarray:
     """Boolean mask of 0 < alpha < 1, dilated by ``margin`` pixels (square neighbourhood)."""
-    band = ((alpha > 0) & (alpha < 1)).astype(np.uint8)
+    band: np.ndarray = ((alpha > 0) & (alpha < 1)).astype(np.uint8)
     if margin > 0:
         band = cv2.dilate(band, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
     return band.astype(bool)
@@ -222,17 +222,17 @@ class BandProblem:
     """The band system A x = b (F and B interleaved per band pixel, one column per colour
     channel), its multi-level starting point ``x0``, and the full-size F and B it fills in."""
 
-    A: scipy.sparse.csr_matrix
-    b: np.ndarray
-    x0: np.ndarray
+    A: scipy.sparse.csr_matrix | None  # A, b and x0 are None when there is no band
+    b: np.ndarray | None
+    x0: np.ndarray | None
     flat_band: np.ndarray
     fg: np.ndarray
     bg: np.ndarray
 
 
 def band_problem(image: np.ndarray, alpha: np.ndarray, *, margin: int = 3, regularization: float = REGULARIZATION,
-                 prior_weight: float = PRIOR_WEIGHT, prior_alpha: float = PRIOR_ALPHA) -> BandProblem | None:
-    """Assemble the band system of :func:`estimate_foreground_cf_band` (None: no band).
+                 prior_weight: float = PRIOR_WEIGHT, prior_alpha: float = PRIOR_ALPHA) -> BandProblem:
+    """Assemble the band system of :func:`estimate_foreground_cf_band` (A, b, x0 None: no band).
 
     The weak prior adds ``prior_weight * (F - F_ml)^2`` where alpha < ``prior_alpha`` and
     ``prior_weight * (B - B_ml)^2`` where 1 - alpha < ``prior_alpha``, towards the multi-level
@@ -306,7 +306,7 @@ def estimate_foreground_cf_band(image: np.ndarray, alpha: np.ndarray, *, margin:
     prob = band_problem(image, alpha, margin=margin, regularization=regularization, prior_weight=prior_weight,
                         prior_alpha=prior_alpha)
     fg, bg = prob.fg, prob.bg
-    if prob.A is not None:
+    if prob.A is not None and prob.b is not None and prob.x0 is not None:  # all or none
         d = fg.shape[2]
         m = int(prob.flat_band.sum())
         factor = ichol(prob.A.tocsc(), discard_threshold=discard_threshold)

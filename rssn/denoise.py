@@ -95,7 +95,7 @@ def foreground_noise_sigma(source: np.ndarray, alpha: np.ndarray, override: floa
         box = (slice(max(0, ys[0] - 1), ys[-1] + 2), slice(max(0, xs[0] - 1), xs[-1] + 2))
         src, a = source[box], alpha[box]
         unclipped = ~clipped_patches(src)
-        core = (a >= FG_ALPHA).view(np.uint8)
+        core: np.ndarray = (a >= FG_ALPHA).view(np.uint8)
         if FG_ERODE_PX > 0:
             k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FG_ERODE_PX + 1,) * 2)
             core = cv2.erode(core, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)

@@ -42,7 +42,8 @@ TMP_PREFIX = ".tmp-"
 class ImageReadError(ValueError):
     """An input file that cannot be used; the message names the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: object, reason: str):
+        """``path``: a path, a :class:`MemoryFile` or a shard member; its ``str()`` names the file."""
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
@@ -448,7 +449,7 @@ def write_matte(path: str | os.PathLike, matte: Matte, *, png_level: int = 1) ->
     write_image(path, matte.values, png_level=png_level)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     """Delete temporary files a killed run left in ``folder`` (recursively); returns the count."""
     n = 0
     for dirpath, _dirs, files in os.walk(folder):

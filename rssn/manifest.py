@@ -18,6 +18,7 @@ so no record, durable or not, ever names a file that is not durably written.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -44,15 +45,15 @@ class _Files:
 
     def __init__(self, path: Path):
         self.path = path
-        self.writer = None  # append handle, unbuffered
-        self.reader = None  # read handle, unbuffered
+        self.writer: io.FileIO | None = None  # append handle, unbuffered
+        self.reader: io.FileIO | None = None  # read handle, unbuffered
         self.unsynced = 0
         self.last_sync = time.monotonic()
 
     def append(self, data: bytes) -> None:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = open(self.path, "ab", buffering=0)
+            self.writer = io.FileIO(self.path, "ab")
         view = memoryview(data)
         while view:  # a raw write may be partial
             view = view[self.writer.write(view):]
@@ -60,7 +61,7 @@ class _Files:
 
     def read(self, offset: int, length: int) -> bytes:
         if self.reader is None:
-            self.reader = open(self.path, "rb", buffering=0)
+            self.reader = io.FileIO(self.path, "rb")
         self.reader.seek(offset)
         chunks, left = [], length
         while left:
@@ -166,7 +167,9 @@ class Manifest:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for key in self._index:
-            yield self.get(key)
+            rec = self.get(key)
+            if rec is not None:  # every indexed key has a line
+                yield rec
 
     def append(self, record: dict[str, Any]) -> bool:
         """Record ``record`` durably; returns False when an identical record was already there."""
@@ -225,7 +228,9 @@ class Manifest:
         try:
             with os.fdopen(fd, "wb") as f:
                 for key in keys:
-                    data = _line(self._parse(key, self._raw(key)))  # canonical, as a record appended now
+                    raw = self._raw(key)
+                    assert raw is not None  # keys come from the index
+                    data = _line(self._parse(key, raw))  # canonical, as a record appended now
                     f.write(data)
                     index[key] = offset << 32 | len(data)
                     offset += len(data)

@@ -37,8 +37,8 @@ RES_DROP = 0.1            # the whitened spectrum's drop that marks the resoluti
 def regions(alpha: np.ndarray, erode: int = ERODE_PX) -> tuple[np.ndarray, np.ndarray]:
     """(foreground, background) boolean masks from a matte in [0, 1]: alpha >= 0.99 and
     alpha <= 0.01, each eroded by ``erode`` px so no measure straddles the boundary."""
-    fg = (alpha >= FG_ALPHA).astype(np.uint8)
-    bg = (alpha <= BG_ALPHA).astype(np.uint8)
+    fg: np.ndarray = (alpha >= FG_ALPHA).astype(np.uint8)
+    bg: np.ndarray = (alpha <= BG_ALPHA).astype(np.uint8)
     if erode > 0:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1, 2 * erode + 1))
         fg = cv2.erode(fg, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)

@@ -1,5 +1,6 @@
 """The written rules of the code, checked: ARCHITECTURE.md's import rules (contracts in setup.cfg,
-checked by import-linter) and the lint rules in pyproject.toml (ruff)."""
+checked by import-linter), the lint rules in pyproject.toml (ruff) and the type hints (setup.cfg's
+[mypy], checked by mypy)."""
 from __future__ import annotations
 
 import shutil
@@ -27,3 +28,13 @@ def test_imports_follow_architecture_md():
     p = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert "0 broken" in p.stdout
+
+
+@pytest.mark.slow  # about 1-2 min with an empty cache (2-core machine); a few seconds once cached
+def test_type_hints_hold(request):
+    """mypy with setup.cfg's [mypy] (rssn, bg20k, gfm, cli.py) finds nothing. Its cache lives in
+    pytest's cache folder (.pytest_cache/d/mypy): reused between runs, apart from a developer's own
+    .mypy_cache, and keyed by mypy on each file's contents and the options."""
+    cache = request.config.cache.mkdir("mypy")
+    p = subprocess.run([_tool("mypy"), "--cache-dir", str(cache)], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]

@@ -193,3 +193,45 @@ def test_on_the_fly_composites_train_with_the_composition_loss(tmp_path):
     steps = (tmp_path / "run" / "losses.csv").read_text().splitlines()
     assert len(steps) == 1 + 2 * 2  # 4 composites a epoch in batches of 2
     assert list((tmp_path / "cache").glob("fg-cf/*/*.png"))  # foreground estimates shared through the cache
+
+
+def _shard_set(root: Path) -> Path:
+    """`rssn compose --format webdataset`-style shards: one 8x8 sample (image and alpha)."""
+    import io
+    import tarfile
+
+    (root / "shards").mkdir(parents=True)
+    parts = {}
+    for part, arr in (("image", np.zeros((8, 8, 3), np.uint8)), ("alpha", np.zeros((8, 8), np.uint8))):
+        ok, png = cv2.imencode(".png", arr)
+        parts[f"k.{part}.png"] = png.tobytes()
+    with tarfile.open(root / "shards" / "shard-000000.tar", "w") as tar:
+        for name, data in parts.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def test_shards_as_validation_set_are_refused_before_training(tmp_path):
+    """--val of webdataset shards used to reach Path(shard member) in the validation fingerprint
+    (a TypeError traceback after the data was loaded); the overlap check reads files, so they are
+    refused with a message. A folder of files gives its (photo, matte) pairs."""
+    from gfm.data import find_samples
+    from gfm.train import check_val_files, file_pairs
+
+    shards = _shard_set(tmp_path / "val")
+    samples, _ = find_samples(shards)
+    assert len(samples) == 1 and file_pairs(samples) is None
+    with pytest.raises(ValueError, match="--val .*webdataset shards"):
+        check_val_files(shards, samples)
+    files = tmp_path / "files"
+    for d in ("image", "alpha"):
+        (files / d).mkdir(parents=True)
+    cv2.imwrite(str(files / "image" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(files / "alpha" / "a.png"), np.zeros((8, 8), np.uint8))
+    assert check_val_files(files, find_samples(files)[0]) == [(files / "image" / "a.png", files / "alpha" / "a.png")]
+
+    proc = _train(files, tmp_path / "run", "--val", str(shards), "--epochs", "1", check=False)
+    assert proc.returncode == 1 and "webdataset shards" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -28,7 +28,7 @@ def largest_component(mask: np.ndarray, tie: str = "C") -> np.ndarray | None:
         lab = labels if tie == "C" else labels.T
         flat = lab.ravel()
         first = {int(b): int(np.argmax(flat == b)) for b in best}
-        label = min(first, key=first.get)
+        label = min(first, key=first.__getitem__)
     else:
         label = int(best[0])
     return labels == label
@@ -38,9 +38,10 @@ def _largest_in(m: np.ndarray, t, tie: str) -> tuple[tuple[slice, slice], np.nda
     """The largest component of m >= t as (bounding box, boolean crop), or None when empty."""
     mask = m >= t
     ys, xs = _bbox(mask)
-    if ys is None:
+    if ys is None or xs is None:  # both or neither
         return None
-    return (ys, xs), largest_component(np.ascontiguousarray(mask[ys, xs]), tie)
+    comp = largest_component(np.ascontiguousarray(mask[ys, xs]), tie)  # never None: the box holds a pixel
+    return None if comp is None else ((ys, xs), comp)
 
 
 def _leave_index(m: np.ndarray, thresholds, tie: str, skip_empty: bool) -> np.ndarray:
@@ -70,7 +71,7 @@ def _leave_index(m: np.ndarray, thresholds, tie: str, skip_empty: bool) -> np.nd
         inside = omega[todo]
         lv[unassigned & ~inside] = i
         ry, rx = _bbox(unassigned & inside)
-        if ry is None:
+        if ry is None or rx is None:  # both or neither
             break
         todo = (slice(todo[0].start + ry.start, todo[0].start + ry.stop),
                 slice(todo[1].start + rx.start, todo[1].start + rx.stop))
