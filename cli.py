@@ -123,7 +123,7 @@ def _parse_kernels(value: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 20,30,40,50,60")
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 20,30,40,50,60") from None
     if not ks or any(k < 1 for k in ks):
         raise click.BadParameter(f"{value!r}: kernel sizes must be positive integers")
     return ks
@@ -811,12 +811,10 @@ def gfm_predict(checkpoints, input_path, out_dir, glance_scale, focus_scale, sca
       gfm predict --checkpoint r34_tt.pt --checkpoint r34_ft.pt --checkpoint r34_bt.pt --input photos/ --out en/
     """
     from gfm.checkpoint import load_model
+    from gfm.cutout import parse_background
     from gfm.predict import collect_inputs, run_predict
     from gfm.train import pick_device
-    from rssn.imageio import atomic_write_json
-
-    from gfm.cutout import parse_background
-    from rssn.imageio import ImageReadError, read_image
+    from rssn.imageio import ImageReadError, atomic_write_json, read_image
 
     check_output_folder(out_dir, {"--input": input_path},
                         lambda o, f: (o / f"{f.stem}.png", o / "rgba" / f"{f.stem}.png", o / "composite" / f"{f.stem}.png"))

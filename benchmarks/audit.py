@@ -53,9 +53,9 @@ def main() -> None:
             cv2.imwrite(str(ap_), matte)
             item = AuditItem("bench", str(i), str(ip), str(ap_))
             image, alpha = read_pair(item)
-            decode = best(lambda: read_pair(item), args.repeat)
-            measure = best(lambda: measure_image(image, alpha), args.repeat)
-            whole = best(lambda: measure_item(item, 8), args.repeat)
+            decode = best(lambda item=item: read_pair(item), args.repeat)  # defaults bind this iteration's values
+            measure = best(lambda image=image, alpha=alpha: measure_image(image, alpha), args.repeat)
+            whole = best(lambda item=item: measure_item(item, 8), args.repeat)
             rows.append((path.stem, decode, measure, whole))
     print(f"{'image':<18}{'decode s':>10}{'measure s':>11}{'read+measure s':>16}{'x decode':>10}")
     for name, d, m, w in rows:

@@ -16,8 +16,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gfm.evaluate import trimap_from_alpha  # noqa: E402
 from gfm.metrics import (  # noqa: E402
-    connectivity_error_dim, connectivity_error_gfm, evaluate_dim, evaluate_gfm, gfm_errors, gradient_error_dim,
-    gradient_error_gfm, mad_dim, mse_dim, sad_dim,
+    connectivity_error_dim,
+    connectivity_error_gfm,
+    evaluate_dim,
+    evaluate_gfm,
+    gfm_errors,
+    gradient_error_dim,
+    gradient_error_gfm,
+    mad_dim,
+    mse_dim,
+    sad_dim,
 )
 from gfm.metrics._checks import dim_inputs, gfm_pair  # noqa: E402
 from rssn import augment  # noqa: E402

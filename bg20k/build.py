@@ -30,16 +30,26 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from rssn.checks import check_choice_setting, check_int_setting, check_number_setting
 from rssn.imageio import (
-    DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, atomic_write_json, list_images,
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    atomic_write_bytes,
+    atomic_write_json,
+    list_images,
     remove_stale_temporaries,
 )
-from rssn.checks import check_choice_setting, check_int_setting, check_number_setting
 from rssn.manifest import Manifest
 
 from .dedup import assign_groups, hash_to_int
 from .download import (
-    ATTRIBUTION_FIELDS, DEFAULT_DISALLOWED_DIRECTIVES, FetchPolicy, HostSlots, fetch, read_url_records, user_agent,
+    ATTRIBUTION_FIELDS,
+    DEFAULT_DISALLOWED_DIRECTIVES,
+    FetchPolicy,
+    HostSlots,
+    fetch,
+    read_url_records,
+    user_agent,
 )
 from .licenses import license_rejection
 from .screen import Detection, Detector, rejecting_detection
@@ -125,7 +135,7 @@ class Candidate(NamedTuple):
     size: list[int]
 
     @classmethod
-    def of(cls, rec: dict[str, Any]) -> "Candidate":
+    def of(cls, rec: dict[str, Any]) -> Candidate:
         return cls(rec["source"], rec["hash"], rec.get("hash_mirror"), rec["orig_size"], rec["size"])
 
 
@@ -146,8 +156,6 @@ def content_id(data: bytes) -> str:
 
 def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
     """Decode, filter by resolution, resize, write the staged JPEG and hash it."""
-    import imagehash
-    from PIL import Image
 
     from rssn.imageio import exif_swaps_axes, open_checked
 

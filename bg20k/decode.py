@@ -20,7 +20,7 @@ import os
 import cv2
 import numpy as np
 
-from rssn.imageio import ImageReadError, _load, _to_rgb8, exif_swaps_axes, open_checked
+from rssn.imageio import _load, _to_rgb8, exif_swaps_axes, open_checked
 
 DECODE_FLOOR = 4.0  # a reduced JPEG decode is at least this many times the target size
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

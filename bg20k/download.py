@@ -29,10 +29,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -117,7 +117,7 @@ def address_problem(ip: str) -> str | None:
     return None
 
 
-def _private_refusal(host: str, ip: str, kind: str, verb: str = "resolves to") -> "_FetchError":
+def _private_refusal(host: str, ip: str, kind: str, verb: str = "resolves to") -> _FetchError:
     what = f"{host} is {kind}" if ip == host else f"{host} {verb} {ip}, {kind}"
     return _FetchError(f"{what}; pass --allow-private-networks to fetch it", code="private_network")
 
@@ -353,11 +353,11 @@ def _attribution(row: dict) -> dict[str, str]:
     """The licence, author and source page of one list row (keys matched case-insensitively)."""
     low = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
     out = {}
-    for field, names in _FIELD_ALIASES.items():
+    for name, names in _FIELD_ALIASES.items():
         for n in names:
             v = low.get(n)
             if v is not None and str(v).strip():
-                out[field] = str(v).strip()
+                out[name] = str(v).strip()
                 break
     return out
 
@@ -450,7 +450,7 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise _FetchError(f"no response within {timeout:g} s", retry=True) from None
         raise _FetchError(f"cannot connect: {reason}", retry=True) from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise _FetchError(f"no response within {timeout:g} s", retry=True) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise _FetchError(f"{exc.__class__.__name__}: {exc}", retry=True) from None
@@ -467,7 +467,7 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
         while True:
             try:
                 chunk = resp.read1(65536)  # whatever has arrived: the deadline is checked between reads
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise _FetchError(f"server stopped sending for {timeout:g} s", status, retry=True) from None
             except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, IncompleteRead, shut down
                 raise _FetchError(f"connection broke: {exc.__class__.__name__}: {exc}", status, retry=True) from None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import html
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -176,7 +177,7 @@ def write_review(out: Path, verdicts: list[dict[str, Any]], failed: Iterable[dic
     reason_opts = "".join(f'<option value="{e(r)}">{e(r)}</option>' for r in reasons)
     n_kept = sum(v["verdict"] == "kept" for v in verdicts)
     rows = (f'<tr class="failed"><td>{e(str(r["source"]))}</td><td>{e(r.get("stage", ""))}</td>'
-            f'<td>{e(r.get("reason", ""))}</td></tr>'.encode("utf-8") for r in failed)
+            f'<td>{e(r.get("reason", ""))}</td></tr>'.encode() for r in failed)
     head = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bg20k review</title>
 <style>

@@ -6,9 +6,9 @@ so that the rule can be re-applied with other thresholds without detecting again
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class Detection:
         return [self.name, round(self.conf, 5), *[round(v, 5) for v in self.box]]
 
     @classmethod
-    def from_list(cls, v: list) -> "Detection":
+    def from_list(cls, v: list) -> Detection:
         return cls(str(v[0]), float(v[1]), (float(v[2]), float(v[3]), float(v[4]), float(v[5])))
 
 

@@ -17,9 +17,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rssn.imageio import (ImageReadError, Matte, atomic_write_bytes, atomic_write_json, read_matte, read_trimap,
-                          write_image)
 from rssn.checks import check_choice_setting, check_int_setting
+from rssn.imageio import (
+    ImageReadError,
+    Matte,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_matte,
+    read_trimap,
+    write_image,
+)
 from rssn.layout import files_by_stem
 
 from .metrics import METRIC_COLUMNS, evaluate_dim, evaluate_gfm

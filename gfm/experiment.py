@@ -18,9 +18,10 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -261,7 +262,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
             if not done:
                 lock = output_lock(run, "gfm train") if rank == 0 else contextlib.nullcontext()
                 with lock:
-                    run_train(train_config(cfg, data, run, seed), progress=progress, log=lambda m: log(f"[{arm} r{r}] {m}"))
+                    run_train(train_config(cfg, data, run, seed), progress=progress, log=lambda m, arm=arm, r=r: log(f"[{arm} r{r}] {m}"))
             timings[f"{arm}/r{r}/train"] = round(time.perf_counter() - t, 2)
             if rank != 0:  # rank 0 alone evaluates; the others wait, so that they do not enter the
                 _wait_for(stage / "evaluated")  # next arm's rendezvous while rank 0 still evaluates this one

@@ -76,7 +76,7 @@ class ModelConfig:
             raise ValueError(f"unknown input range {self.input_range!r}; choose from {INPUT_RANGES}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """From a checkpoint's ``model_config`` (keys it lacks take their defaults)."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known

@@ -26,9 +26,10 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,17 @@ from rssn.manifest import Manifest
 from rssn.seeding import derive_rng
 from rssn.shards import TarPart
 
-from .data import (MattingDataset, Sample, _source, check_samples, choose_crop_at, find_samples,
-                   photo_foreground_background, target_plane, window_sample)
+from .data import (
+    MattingDataset,
+    Sample,
+    _source,
+    check_samples,
+    choose_crop_at,
+    find_samples,
+    photo_foreground_background,
+    target_plane,
+    window_sample,
+)
 
 STORE_FORMAT = "gfm-training-store"
 STORE_VERSION = 1
@@ -399,7 +409,8 @@ class StoreDataset(MattingDataset):
         k, rec = self.index[index]
         p = self.stores[k].planes(rec)
         rng = derive_rng(self.seed, "sample", self.epoch, index)
-        y, x, size = choose_crop_at(rec["h"], rec["w"], lambda: p["trans"], rng)
+        trans = p["trans"]  # a view of the memory map: read only when the crop is centred on it
+        y, x, size = choose_crop_at(rec["h"], rec["w"], lambda: trans, rng)
         flip = rng.random() < 0.5
         win = (slice(y, y + size), slice(x, x + size))
         use_fb = "fg" in p and (rec["fg_source"] == "file" or self.photo_fgbg)

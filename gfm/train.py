@@ -43,7 +43,7 @@ CPU_BATCH = 4
 DATA_SETTINGS = ("data", "fg", "bg", "per_fg", "route_options", "crop", "seed", "photo_fgbg")
 
 
-def data_settings(cfg_or_json: "TrainConfig | str") -> dict[str, Any]:
+def data_settings(cfg_or_json: TrainConfig | str) -> dict[str, Any]:
     """The data-deciding settings as plain JSON values (from a config or a checkpoint's JSON)."""
     doc = json.loads(cfg_or_json) if isinstance(cfg_or_json, str) else json.loads(json.dumps(asdict(cfg_or_json), default=str))
     out = {k: doc.get(k) for k in DATA_SETTINGS}

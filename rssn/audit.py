@@ -24,7 +24,7 @@ import numpy as np
 
 from .checks import check_choice_setting, check_int_setting, check_number_setting
 from .imageio import ImageReadError, read_image, read_matte, read_rgba, remove_stale_temporaries
-from .layout import LayoutError, MATTE_DIRS, PHOTO_DIRS, find_foregrounds
+from .layout import MATTE_DIRS, PHOTO_DIRS, LayoutError, find_foregrounds
 from .manifest import Manifest
 from .measures import ERODE_PX, GAPS, MEASURES, MIN_REGION_PX, measure_image
 
@@ -512,7 +512,7 @@ def _detect(cfg: AuditConfig, det, by_key: dict[str, AuditItem], rows_db: Manife
     for s in range(0, len(todo), batch):
         keys = todo[s:s + batch]
         pairs = [read_pair(by_key[k]) for k in keys]
-        for k, (image, alpha), dets in zip(keys, pairs, det.detect([p[0] for p in pairs], 0.05)):
+        for k, (_image, alpha), dets in zip(keys, pairs, det.detect([p[0] for p in pairs], 0.05)):
             small = cv2.resize(alpha, (MASK_SIDE, MASK_SIDE), interpolation=cv2.INTER_AREA) <= 0.01
             rows_db.append({"key": f"sem:{k}", "detector": key_d, "detections": [d.as_list() for d in dets],
                             "mask_shape": [MASK_SIDE, MASK_SIDE], "bg_mask": np.packbits(small.ravel()).tobytes().hex()})

@@ -12,8 +12,8 @@ import io
 import json
 import math
 from pathlib import Path
-from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .imageio import atomic_write_bytes, atomic_write_json, encode_image
 
@@ -45,7 +45,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_outputs(cfg: "AuditConfig", result: "AuditResult", by_key: dict[str, "AuditItem"]) -> None:
+def write_outputs(cfg: AuditConfig, result: AuditResult, by_key: dict[str, AuditItem]) -> None:
     out = cfg.out_dir
     order = {s.name: i for i, s in enumerate(result.sets)}
     rows = sorted(result.rows, key=lambda r: (order[r["set"]], r["name"]))
@@ -102,7 +102,7 @@ def _formats_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "–"
 
 
-def hist_range(values: "np.ndarray") -> tuple[float, float]:
+def hist_range(values: np.ndarray) -> tuple[float, float]:
     """The histogram's range: the 1st to 99th percentile of all sets' values together, so one
     far image (a JPEG-flattened background) does not squeeze every other into a few bins; values
     outside are drawn in the edge bins."""
@@ -154,7 +154,7 @@ def write_histograms(folder: Path, rows: list[dict], set_names: list[str], refer
     return paths
 
 
-def write_thumbnails(folder: Path, far: dict[str, list[dict]], by_key: dict[str, "AuditItem"]) -> dict[str, str]:
+def write_thumbnails(folder: Path, far: dict[str, list[dict]], by_key: dict[str, AuditItem]) -> dict[str, str]:
     import cv2
 
     from .audit import read_pair
@@ -194,8 +194,8 @@ def describe_ops(ops: tuple) -> str:
     return " · ".join(parts) or "blend only"
 
 
-def write_html(path: Path, result: "AuditResult", far: dict[str, list[dict]], hists: dict[str, str],
-               thumbs: dict[str, str], by_key: dict[str, "AuditItem"], sets_doc: dict[str, dict]) -> None:
+def write_html(path: Path, result: AuditResult, far: dict[str, list[dict]], hists: dict[str, str],
+               thumbs: dict[str, str], by_key: dict[str, AuditItem], sets_doc: dict[str, dict]) -> None:
     e = html.escape
     from .audit import BOOTSTRAP, CI_PERCENT, gap_columns
 

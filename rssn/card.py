@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from bg20k.licenses import split_license
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import augment
 from .cache import ImageCache, content_key
 from .denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
-from .denoise import FG_SIGMA_VERSION
+from .denoise import FG_SIGMA_VERSION, SigmaEstimate, bm3d_denoise, estimate_noise_sigma, foreground_noise_sigma
 from .denoise import VERSION as DENOISE_VERSION
-from .denoise import SigmaEstimate, bm3d_denoise, estimate_noise_sigma, foreground_noise_sigma
 from .foreground import ALGORITHM_VERSION, FG_METHODS, estimate_foreground
 from .imageio import (
     ImageReadError,

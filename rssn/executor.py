@@ -10,8 +10,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 SINGLE_THREAD_ENV = {n: "1" for n in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
 EXECUTORS = ("local", "ray")
@@ -53,7 +54,7 @@ class Executor:
         self.workers, self.executor, self.ray_address, self.retries = workers, executor, ray_address, retries
         self._pool: cf.ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,13 +14,15 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
+
 
 def _unpatched_pil_open():
     """PIL's own Image.open. ultralytics replaces Image.open process-wide with a wrapper that,

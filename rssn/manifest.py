@@ -24,8 +24,9 @@ import os
 import tempfile
 import time
 import weakref
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .imageio import TMP_PREFIX
 

@@ -18,8 +18,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 LOCK_NAME = ".lock"
 SETTINGS_NAME = "settings.json"

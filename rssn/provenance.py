@@ -14,9 +14,10 @@ import csv
 import functools
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from bg20k.licenses import license_rejection, normalise_license
 

@@ -124,7 +124,7 @@ class Browser:
         self._w.close()
         self._r.close()
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -98,7 +98,7 @@ def test_noise_level_in_jpeg():
     bounds = {(100, 5): (0.95, 1.15), (100, 10): (0.95, 1.15), (95, 5): (0.95, 1.25), (95, 10): (0.95, 1.25),
               (90, 10): (0.85, 1.15), (90, 5): (0.3, 0.55)}
     seen = {k: [] for k in bounds}
-    for name, im in _backgrounds():
+    for _name, im in _backgrounds():
         mask = np.ones(im.shape[:2], bool)
         for i, sigma in enumerate((5, 10)):
             noisy = _u8(_noisy(im, sigma, i))

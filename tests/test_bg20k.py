@@ -289,7 +289,7 @@ def test_yolo_from_yaml_runs_batched_on_real_photos():
 
 
 def test_offline_named_weights_is_one_clear_error(tmp_path, monkeypatch):
-    from bg20k.screen import DetectorError, Detector
+    from bg20k.screen import Detector, DetectorError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DetectorError, match="--detector /path/to/yolov8n.pt.*--no-screen"):

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from bg20k.build import BuildConfig, run_build, split_of
-from bg20k.dedup import assign_groups
 from bg20k.decode import NotABackground, read_background
+from bg20k.dedup import assign_groups
 
 from .conftest import run_cli, shared
 from .test_bg20k import Site, _jpeg, _sources

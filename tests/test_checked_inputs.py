@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from gfm.metrics import (
-    connectivity_error_dim, connectivity_error_gfm, evaluate_dim, evaluate_gfm, gfm_errors, gradient_error_dim,
-    gradient_error_gfm, mad_dim, mse_dim, sad_dim,
+    connectivity_error_dim,
+    connectivity_error_gfm,
+    evaluate_dim,
+    evaluate_gfm,
+    gfm_errors,
+    gradient_error_dim,
+    gradient_error_gfm,
+    mad_dim,
+    mse_dim,
+    sad_dim,
 )
 from rssn import augment
 from rssn.checks import max_if_nonnegative

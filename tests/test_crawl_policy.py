@@ -14,7 +14,13 @@ import pytest
 
 from bg20k.build import BuildConfig, _fetch_bounded
 from bg20k.download import (
-    AGENT_TOKEN, FetchPolicy, address_problem, fetch, opt_out_directives, retry_after_seconds, user_agent,
+    AGENT_TOKEN,
+    FetchPolicy,
+    address_problem,
+    fetch,
+    opt_out_directives,
+    retry_after_seconds,
+    user_agent,
 )
 
 from .conftest import run_cli

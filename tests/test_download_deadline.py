@@ -11,9 +11,9 @@ import pytest
 
 from bg20k.download import FetchPolicy, fetch
 
-LOCAL = FetchPolicy(allow_private=True)  # the test servers are on 127.0.0.1
-
 from .conftest import run_cli
+
+LOCAL = FetchPolicy(allow_private=True)  # the test servers are on 127.0.0.1
 
 DRIP_SECONDS = 120  # how long each dripping server would keep a naive client busy
 

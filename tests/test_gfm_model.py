@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.losses import alpha_loss, all_glance_targets, composition_loss, gfm_loss, glance_targets, laplacian_loss, \
-    laplacian_pyramid
+from gfm.losses import (
+    all_glance_targets,
+    alpha_loss,
+    composition_loss,
+    gfm_loss,
+    glance_targets,
+    laplacian_loss,
+    laplacian_pyramid,
+)
 from gfm.model import GFM, ModelConfig, collaborate, count_parameters
 
 from .conftest import shared

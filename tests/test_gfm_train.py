@@ -160,9 +160,9 @@ def test_composite_data_uses_the_composition_loss_and_mismatch_is_an_error(tmp_p
 
 
 def test_offline_imagenet_is_one_clear_error(tmp_path, monkeypatch):
-    from gfm.model import PretrainedWeightsError, _resnet34
-
     import torchvision.models._api as api
+
+    from gfm.model import PretrainedWeightsError, _resnet34
 
     def offline(url, *a, **k):  # what torch.hub does with no cache and no network
         raise OSError(f"<urlopen error [Errno 101] Network is unreachable> fetching {url}")

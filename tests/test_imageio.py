@@ -11,6 +11,7 @@ from PIL import Image
 
 from rssn.imageio import (
     ImageReadError,
+    Matte,
     atomic_write_bytes,
     list_images,
     read_image,
@@ -18,7 +19,6 @@ from rssn.imageio import (
     read_rgba,
     write_image,
     write_matte,
-    Matte,
 )
 
 from .conftest import shared

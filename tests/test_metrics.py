@@ -10,8 +10,13 @@ from PIL import Image
 
 from gfm.evaluate import normalise_trimap, trimap_from_alpha
 from gfm.metrics import (
-    connectivity_error_dim, connectivity_error_gfm, evaluate_dim, evaluate_gfm,
-    gradient_error_gfm, mse_dim, sad_dim,
+    connectivity_error_dim,
+    connectivity_error_gfm,
+    evaluate_dim,
+    evaluate_gfm,
+    gradient_error_gfm,
+    mse_dim,
+    sad_dim,
 )
 from gfm.metrics.connectivity import largest_component
 from gfm.metrics.gradient import dim_gradient_kernels
