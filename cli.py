@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from bg20k.download import DEFAULT_DISALLOWED_DIRECTIVES as DEFAULT_DIRECTIVES
+from gfm.dist import distributed_context
 from rssn.denoise import DEFAULT_PROFILE as DEFAULT_DENOISE_PROFILE
 from rssn.denoise import PROFILES as DENOISE_PROFILES
 
@@ -705,7 +706,7 @@ def gfm_train(data, out, backbone, rosta, decoder, no_ppm, no_bridge, pretrained
         _fail_usage(f"--pretrained {pretrained}: no such file (use imagenet, none or a .pth path)")
     if resume and overwrite:
         _fail_usage("--resume continues the run in --out, --overwrite clears it: give one of them")
-    rank0 = os.environ.get("RANK", "0") == "0"
+    rank0 = distributed_context().is_main
     last = Path(out) / "last.pt"
     if rank0 and last.exists() and not resume and not overwrite:
         _fail_usage(f"{out} holds a training run ({last}); pass --resume to continue it, --overwrite to start "
@@ -945,7 +946,7 @@ def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repe
         del settings["laplacian"]
     guard = claimed_output(out_dir, "gfm experiment", settings, may_grow=("repeats",),
                            may_change=("arms", "loader_workers")) \
-        if os.environ.get("RANK", "0") == "0" \
+        if distributed_context().is_main \
         else contextlib.nullcontext()
     try:
         with guard:
@@ -953,7 +954,7 @@ def gfm_experiment(fg_dir, bg_dir, val_dir, out_dir, arm_names, extra_arms, repe
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_NOTHING_MADE)
-    if os.environ.get("RANK", "0") == "0":
+    if distributed_context().is_main:
         click.echo((out_dir / "results.md").read_text(), err=True)
 
 
@@ -978,7 +979,7 @@ def gfm_import_official(weights, backbone, rosta, out_path) -> None:
       gfm import-official --weights gfm_r34_tt.pth --backbone r34 --rosta tt --out r34_tt.pt
       gfm import-official --weights gfm_d121_rim.pth --backbone d121 --rosta rim --out d121_rim.pt
     """
-    from gfm.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from gfm.checkpoint import model_checkpoint, save_checkpoint
     from gfm.model import count_parameters
     from gfm.official import OfficialWeightsError, load_official
 
@@ -987,9 +988,8 @@ def gfm_import_official(weights, backbone, rosta, out_path) -> None:
     except (OfficialWeightsError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
     check_writable(out_path.parent if str(out_path.parent) else Path("."))
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config.to_dict(),
-                     "source": {"official_weights": str(Path(weights).resolve()), "backbone": backbone, "rosta": rosta}},
-                    out_path)
+    save_checkpoint(model_checkpoint(model, source={"official_weights": str(Path(weights).resolve()),
+                                                    "backbone": backbone, "rosta": rosta}), out_path)
     click.echo(f"GFM {backbone}/{rosta}, {count_parameters(model):,} parameters, written to {out_path}", err=True)
 
 

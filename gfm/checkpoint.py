@@ -16,9 +16,18 @@ import torch
 
 from rssn.imageio import atomic_write_bytes
 
+from .dist import unwrap
 from .model import GFM, ModelConfig
 
 CHECKPOINT_FORMAT = 2
+
+
+def model_checkpoint(model: Any, **extra: Any) -> dict[str, Any]:
+    """The fields every checkpoint holds, built in one place: the format, the network's weights
+    (unwrapped from DDP) and its configuration, which `load_model` needs; ``extra`` adds the
+    writer's own fields (training state, the official weights it came from)."""
+    core = unwrap(model)
+    return {"format": CHECKPOINT_FORMAT, "model": core.state_dict(), "model_config": core.config.to_dict(), **extra}
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:

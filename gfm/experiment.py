@@ -27,6 +27,8 @@ import numpy as np
 
 from rssn.imageio import atomic_write_bytes, atomic_write_json
 
+from .dist import distributed_context
+
 # Table 4's arms: the RSSN route with one step at a time, and the plain blend
 DEFAULT_ARMS: dict[str, dict[str, Any]] = {
     "plain": {"route": "plain"},
@@ -224,7 +226,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
     from .train import pick_device, run_train
 
     t_start = time.perf_counter()
-    rank = int(os.environ.get("RANK", 0))
+    rank = distributed_context().rank
     cfg.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     device = pick_device(cfg.device)

@@ -27,8 +27,9 @@ from rssn.imageio import atomic_write_bytes, atomic_write_json
 from rssn.seeding import derive_rng
 from rssn.shards import TarPart
 
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_config_of, save_checkpoint
+from .checkpoint import load_checkpoint, model_checkpoint, model_config_of, save_checkpoint
 from .data import MattingDataset, Sample, _source, check_samples, collate, find_samples, to_device
+from .dist import distributed_context, unwrap
 from .losses import LAPLACIAN_KINDS, gfm_loss
 from .model import GFM, ModelConfig
 
@@ -125,11 +126,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but CUDA is not available; use --device cpu")
     return torch.device(name)
-
-
-def _dist_info() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from torchrun's environment, (0, 0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
@@ -272,7 +268,7 @@ def evaluate(model, samples: list[Sample], device) -> dict[str, float]:
 
     from .predict import predict_matte
 
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     was_training = core.training
     sad = mse = 0.0
     for s in samples:
@@ -306,7 +302,7 @@ def weights_digest(model) -> str:
     rank 0's at the start of every forward pass."""
     import hashlib
 
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     h = hashlib.sha256()
     for name, t in sorted(core.named_parameters()):
         h.update(name.encode())
@@ -316,22 +312,19 @@ def weights_digest(model) -> str:
 
 def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: TrainConfig, world: int = 1,
                     val_fp: str | None = None, best_val_sad: float | None = None) -> dict[str, Any]:
-    core = model.module if hasattr(model, "module") else model
-    return {
-        "world_size": world,
-        "val_fingerprint": val_fp or "",
-        "best_val_sad": float("inf") if best_val_sad is None else best_val_sad,
-        "format": CHECKPOINT_FORMAT,
-        "model": core.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "epoch": state.epoch,
-        "step": state.step,
-        "history": json.dumps(state.history),
-        "torch_rng": torch.get_rng_state(),
-        "config": json.dumps(asdict(cfg), default=str),
-        "model_config": cfg.model_config().to_dict(),
-    }
+    return model_checkpoint(
+        model,
+        world_size=world,
+        val_fingerprint=val_fp or "",
+        best_val_sad=float("inf") if best_val_sad is None else best_val_sad,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else {},
+        epoch=state.epoch,
+        step=state.step,
+        history=json.dumps(state.history),
+        torch_rng=torch.get_rng_state(),
+        config=json.dumps(asdict(cfg), default=str),
+    )
 
 
 def _write_losses_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -377,7 +370,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     """Train (or resume) and write checkpoints and logs under ``cfg.out``."""
-    rank, local_rank, world = _dist_info()
+    ctx = distributed_context()
+    rank, local_rank, world = ctx.rank, ctx.local_rank, ctx.world_size
     distributed = world > 1
     if distributed:
         import torch.distributed as dist
@@ -554,9 +548,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
             save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg, world, val_fp, best_val_sad),
                             out / "last.pt")
             if is_best:
-                core: torch.nn.Module = getattr(model, "module", model)  # the network, unwrapped from DDP
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "model": core.state_dict(), "epoch": state.epoch,
-                                 "val_sad": record["val_sad"], "model_config": cfg.model_config().to_dict()},
+                save_checkpoint(model_checkpoint(model, epoch=state.epoch, val_sad=record["val_sad"]),
                                 out / "best.pt")
             _write_losses_csv(losses_csv, rows)
             plot_curves(rows, out / "loss_curves.png")
@@ -632,6 +624,6 @@ def _broadcast_buffers(model) -> None:
     """Rank 0's BatchNorm running statistics to every rank, so that all ranks validate one model."""
     import torch.distributed as dist
 
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     for buf in core.buffers():
         dist.broadcast(buf.data, src=0)
