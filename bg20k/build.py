@@ -36,6 +36,7 @@ from rssn.imageio import (
     ImageReadError,
     atomic_write_bytes,
     atomic_write_json,
+    failure_code,
     list_images,
     remove_stale_temporaries,
 )
@@ -164,9 +165,10 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return {"status": "failed", "stage": "decode", "reason": f"unreadable: {exc.strerror or exc}"}
+        return {"status": "failed", "stage": "decode", "code": failure_code(exc),
+                "reason": f"unreadable: {exc.strerror or exc}"}
     if not data:
-        return {"status": "failed", "stage": "decode", "reason": "empty file (0 bytes)"}
+        return {"status": "failed", "stage": "decode", "code": "empty_file", "reason": "empty file (0 bytes)"}
     iid = content_id(data)
     try:
         im = open_checked(path, cfg.max_pixels)
@@ -176,15 +178,16 @@ def prepare_source(source: str, path: str, cfg: BuildConfig) -> dict[str, Any]:
         animated = bool(getattr(im, "is_animated", False))
         im.close()
         if min(w, h) < cfg.min_short_side:
-            return {"status": "rejected", "stage": "resolution", "id": iid, "orig_size": [w, h],
+            return {"status": "rejected", "stage": "resolution", "code": "too_small", "id": iid, "orig_size": [w, h],
                     "reason": f"too small: {w}x{h}, shorter side under {cfg.min_short_side}"}
         s = cfg.target_short_side / min(w, h)
         tw, th = max(1, round(w * s)), max(1, round(h * s))
         img, colour = read_background(path, (tw, th), cfg.max_pixels)
     except ImageReadError as exc:
-        return {"status": "failed", "stage": "decode", "reason": exc.reason, "id": iid}
+        return {"status": "failed", "stage": "decode", "code": exc.code, "reason": exc.reason, "id": iid}
     except NotABackground as exc:
-        return {"status": "rejected", "stage": "transparency", "id": iid, "orig_size": [w, h], "reason": str(exc)}
+        return {"status": "rejected", "stage": "transparency", "code": "transparent", "id": iid, "orig_size": [w, h],
+                "reason": str(exc)}
     atomic_write_bytes(cfg.out_dir / ".stage" / f"{iid}.jpg", encode_jpeg(img, cfg.quality, cfg.chroma))
     phash, mirror = image_hashes(img, cfg.hash)
     rec = {"status": "candidate", "id": iid, "orig_size": [w, h], "size": [tw, th], "hash": f"{phash:016x}",
@@ -265,7 +268,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
             rec = manifest.get(f"source:{s}")
             if rec is None or rec.get("stage") == "license":
                 manifest.append({"key": f"source:{s}", "type": "source", "source": s, "status": "rejected",
-                                 "stage": "license", "reason": why, "attribution": attribution.get(s, {})})
+                                 "stage": "license", "code": "licence", "reason": why, "attribution": attribution.get(s, {})})
 
     # -- the detector first: a missing model or a misspelt --classes stops the run before any work
     detect = _checked_detector(cfg) if cfg.screen else None
@@ -299,11 +302,12 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
                 manifest.append({"key": f"download:{r.url}", "type": "download", "path": dl.name, **r.record()})
             elif r.code in POLICY_STAGES:  # refused by the crawl policy: rejected, not failed
                 manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "rejected",
-                                 "stage": r.code, "reason": r.error, "download": r.record(),
+                                 "stage": r.code, "code": r.code, "reason": r.error, "download": r.record(),
                                  "attribution": attribution.get(r.url, {})})
             else:
                 manifest.append({"key": f"source:{r.url}", "type": "source", "source": r.url, "status": "failed",
-                                 "stage": "download", "reason": r.error or "empty body", "download": r.record(),
+                                 "stage": "download", "code": r.error_code or "empty_body",
+                                 "reason": r.error or "empty body", "download": r.record(),
                                  "attribution": attribution.get(r.url, {})})
             bar.update(1)
         bar.close()
@@ -324,7 +328,8 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
                                      executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
             s = jobs[k][0]
             if exc is not None:  # a crashed worker fails this source, not the run
-                rec = {"status": "failed", "stage": "decode", "reason": f"{exc.__class__.__name__}: {exc}"}
+                rec = {"status": "failed", "stage": "decode", "code": "worker_crashed",
+                       "reason": f"{exc.__class__.__name__}: {exc}"}
             manifest.append({"key": f"source:{s}", "type": "source", "source": s, **rec,
                              "attribution": attribution.get(s, {})})
             if s in fetched:
@@ -398,7 +403,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
         cand = barred_cands[i]
         verdicts[i] = {"id": i, "source": cand.source, "orig_size": cand.orig_size,
                        "attribution": attribution.get(cand.source, {}), "detections": [], "verdict": "rejected",
-                       "reason": f"licence: {barred[cand.source]}", "licence_rejected": True,
+                       "reason": f"licence: {barred[cand.source]}", "code": "licence", "licence_rejected": True,
                        "split": placed.get(i) or split_of(i, cfg.val_fraction)}
     for i in ids:
         cand = cands[i]
@@ -410,12 +415,13 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
             dets = [Detection.from_list(d) for d in drec["detections"]]
         v["detections"] = [d.as_list() for d in dets]
         if i in dup_of:
-            v.update(verdict="rejected", reason=f"near duplicate of {dup_of[i]}", duplicate_of=dup_of[i])
+            v.update(verdict="rejected", code="duplicate", reason=f"near duplicate of {dup_of[i]}", duplicate_of=dup_of[i])
         elif cfg.screen:
             hit = rejecting_detection(dets, classes, cfg.conf, cfg.min_box_fraction)
             if hit is not None:
-                v.update(verdict="rejected", reason=f"salient object: {hit.name} {hit.conf:.2f} covering "
-                                                     f"{hit.area_fraction * 100:.0f}% of the image")
+                v.update(verdict="rejected", code="salient_object", object=hit.name,
+                         reason=f"salient object: {hit.name} {hit.conf:.2f} covering "
+                                f"{hit.area_fraction * 100:.0f}% of the image")
             else:
                 v.update(verdict="kept", reason="no salient object")
         else:
@@ -424,6 +430,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
             v["automatic"] = v["verdict"]
             v["verdict"] = "kept" if decisions[i] == "keep" else "rejected"
             v["reason"] = f"manual decision: {decisions[i]} (automatic: {v['automatic']}, {v['reason']})"
+            v["code"] = "manual_keep" if decisions[i] == "keep" else "manual_reject"
         # once placed, an image never changes split; otherwise it takes its group's split
         v["split"] = placed.get(i) or group_split[dup_of.get(i, i)]
         verdicts[i] = v
@@ -461,7 +468,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     for rec in current_sources():
         if rec["status"] in ("failed", "rejected"):
             stats.counts[f"{rec['status']}_{rec.get('stage', 'decode')}"] += 1
-            stats.reasons[rec["stage"] if rec.get("stage") in POLICY_STAGES else _reason_class(rec["reason"])] += 1
+            # by the record's code; records of runs before codes existed are classed by their reason
+            stats.reasons[rec.get("code") or (rec["stage"] if rec.get("stage") in POLICY_STAGES
+                                               else _reason_class(rec["reason"]))] += 1
         if rec.get("stage") == "opt_out":
             opted_out.append(_opt_out_card(rec, attribution.get(rec["source"], {})))
         elif rec["status"] != "candidate":

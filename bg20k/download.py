@@ -186,7 +186,7 @@ class _HostHold:
             return
         self.release()
         if not self.slots.acquire(host, timeout):
-            raise _FetchError(f"no free connection to {host} in time (--max-per-host)", retry=True)
+            raise _FetchError(f"no free connection to {host} in time (--max-per-host)", retry=True, kind="host_busy")
         self.host = host
 
     def release(self) -> None:
@@ -238,6 +238,7 @@ class Fetched:
     attempts: int = 0
     data: builtins.bytes | None = None  # (the field ``bytes`` shadows the type here)
     code: str | None = None  # "private_network" or "opt_out": refused by the crawl policy
+    error_code: str | None = None  # why it failed, one of DOWNLOAD_ERROR_CODES (None when ok)
     directives: list[str] = field(default_factory=list)  # the opt-out directives seen
     retry_after: list[float] = field(default_factory=list)  # Retry-After waits honoured, s
 
@@ -246,6 +247,8 @@ class Fetched:
                "seconds": round(self.seconds, 3), "attempts": self.attempts}
         if self.code:
             rec["code"] = self.code
+        if self.error_code:
+            rec["error_code"] = self.error_code
         if self.directives:
             rec["directives"] = self.directives
         if self.retry_after:
@@ -253,12 +256,21 @@ class Fetched:
         return rec
 
 
+# Stable failure codes of a download (Fetched.error_code), beside the human sentence.
+DOWNLOAD_ERROR_CODES = ("bad_url", "host_busy", "bad_redirect", "http_error", "timeout", "connect_error",
+                        "too_large", "connection_broke", "opt_out", "private_network")
+
+
 class _FetchError(Exception):
+    """``code``: a crawl-policy refusal (private_network, opt_out); ``kind``: the failure code
+    (one of DOWNLOAD_ERROR_CODES) that grouping and reports use."""
+
     def __init__(self, msg: str, status: int | None = None, retry: bool = False, code: str | None = None,
-                 retry_after: float | None = None, directives: list[str] | None = None):
+                 retry_after: float | None = None, directives: list[str] | None = None, kind: str | None = None):
         super().__init__(msg)
         self.status, self.retry, self.code = status, retry, code
         self.retry_after, self.directives = retry_after, directives or []
+        self.kind = kind or code or "connect_error"
 
 
 def _redirect_handler(max_redirects: int) -> urllib.request.HTTPRedirectHandler:
@@ -268,7 +280,7 @@ def _redirect_handler(max_redirects: int) -> urllib.request.HTTPRedirectHandler:
 
         def redirect_request(self, req, fp, code, msg, headers, newurl):
             if urlsplit(newurl).scheme not in ("http", "https"):
-                raise _FetchError(f"redirect to a non-http(s) URL: {newurl[:200]}", code)
+                raise _FetchError(f"redirect to a non-http(s) URL: {newurl[:200]}", code, kind="bad_redirect")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     return Handler()
@@ -415,7 +427,8 @@ def _attempt(max_redirects: int, url: str, timeout: float, max_bytes: int, polic
         return _attempt_until(deadline, max_redirects, url, timeout, max_bytes, policy, hold)
     except _FetchError as exc:
         if deadline.expired and exc.code is None:
-            raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", exc.status, retry=True) from None
+            raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", exc.status, retry=True,
+                              kind="timeout") from None
         raise
     finally:
         deadline.cancel()
@@ -434,13 +447,15 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
     except urllib.error.HTTPError as exc:
         if exc.code in (301, 302, 303, 307, 308):
             if "not allowed" in str(exc.reason):
-                raise _FetchError(f"redirect to a non-http(s) URL: {str(exc.reason)[:200]}", exc.code) from None
-            raise _FetchError(f"too many redirects or a redirect loop (HTTP {exc.code})", exc.code) from None
+                raise _FetchError(f"redirect to a non-http(s) URL: {str(exc.reason)[:200]}", exc.code,
+                                  kind="bad_redirect") from None
+            raise _FetchError(f"too many redirects or a redirect loop (HTTP {exc.code})", exc.code,
+                              kind="bad_redirect") from None
         wait = None
         if exc.code in RETRY_AFTER_STATUS and exc.headers is not None:
             wait = retry_after_seconds(exc.headers.get("Retry-After"))
         raise _FetchError(f"HTTP {exc.code} {exc.reason}", exc.code, exc.code in RETRY_STATUS,
-                          retry_after=wait) from None
+                          retry_after=wait, kind="http_error") from None
     except _FetchError:
         raise
     except urllib.error.URLError as exc:
@@ -448,10 +463,10 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
         if isinstance(reason, _FetchError):
             raise reason from None
         if isinstance(reason, (socket.timeout, TimeoutError)):
-            raise _FetchError(f"no response within {timeout:g} s", retry=True) from None
+            raise _FetchError(f"no response within {timeout:g} s", retry=True, kind="timeout") from None
         raise _FetchError(f"cannot connect: {reason}", retry=True) from None
     except TimeoutError:
-        raise _FetchError(f"no response within {timeout:g} s", retry=True) from None
+        raise _FetchError(f"no response within {timeout:g} s", retry=True, kind="timeout") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise _FetchError(f"{exc.__class__.__name__}: {exc}", retry=True) from None
     with resp:
@@ -462,24 +477,27 @@ def _attempt_until(deadline: _Deadline, max_redirects: int, url: str, timeout: f
                               f"to change which directives are honoured)", status, code="opt_out", directives=hits)
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
-            raise _FetchError(f"body of {int(length)} bytes is over the limit of {max_bytes}", status)
+            raise _FetchError(f"body of {int(length)} bytes is over the limit of {max_bytes}", status, kind="too_large")
         chunks, total = [], 0
         while True:
             try:
                 chunk = resp.read1(65536)  # whatever has arrived: the deadline is checked between reads
             except TimeoutError:
-                raise _FetchError(f"server stopped sending for {timeout:g} s", status, retry=True) from None
+                raise _FetchError(f"server stopped sending for {timeout:g} s", status, retry=True, kind="timeout") from None
             except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, IncompleteRead, shut down
-                raise _FetchError(f"connection broke: {exc.__class__.__name__}: {exc}", status, retry=True) from None
+                raise _FetchError(f"connection broke: {exc.__class__.__name__}: {exc}", status, retry=True,
+                                  kind="connection_broke") from None
             if deadline.expired:
-                raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", status, retry=True)
+                raise _FetchError(f"download took longer than {timeout:g} s (server too slow)", status, retry=True,
+                                  kind="timeout")
             if not chunk:
                 if resp.length:  # the sender closed before the length it announced
-                    raise _FetchError(f"connection closed after {total} of {total + resp.length} bytes", status, retry=True)
+                    raise _FetchError(f"connection closed after {total} of {total + resp.length} bytes", status, retry=True,
+                                      kind="connection_broke")
                 break
             total += len(chunk)
             if total > max_bytes:
-                raise _FetchError(f"body is over the limit of {max_bytes} bytes", status)
+                raise _FetchError(f"body is over the limit of {max_bytes} bytes", status, kind="too_large")
             chunks.append(chunk)
         return status, b"".join(chunks)
 
@@ -495,7 +513,7 @@ def fetch(url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000, max_r
     t0 = time.monotonic()
     bad = check_url(url)
     if bad:
-        return Fetched(url, False, error=bad)
+        return Fetched(url, False, error=bad, error_code="bad_url")
     url_deadline = t0 + (retries + 1) * timeout + backoff * (2**retries - 1)
     result = Fetched(url, False)
     for attempt in range(retries + 1):
@@ -503,10 +521,11 @@ def fetch(url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000, max_r
         try:
             status, data = _attempt(max_redirects, url, timeout, max_bytes, policy, slots)
             result.ok, result.status, result.data, result.bytes, result.error = True, status, data, len(data), None
-            result.code, result.directives = None, []
+            result.code, result.directives, result.error_code = None, [], None
             break
         except _FetchError as exc:
             result.status, result.error, result.code, result.directives = exc.status, str(exc), exc.code, exc.directives
+            result.error_code = exc.kind
             if not exc.retry or attempt == retries:
                 break
             wait = backoff * (2**attempt)

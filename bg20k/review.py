@@ -31,17 +31,22 @@ def draw_thumbnail(image: np.ndarray, detections: list[list], width: int = THUMB
 
 
 def reason_class(v: dict[str, Any]) -> str:
-    """The filter group of a verdict's reason: 'salient object: bird', 'near duplicate', ..."""
-    r = v["reason"]
-    if v.get("licence_rejected"):
+    """The filter group of a verdict: 'salient object: bird', 'near duplicate', ..., from its
+    ``code`` (verdicts of runs before codes existed: from the reason's wording)."""
+    code, r = v.get("code"), v["reason"]
+    if code == "licence" or v.get("licence_rejected"):
         return "licence"
     if v.get("opt_out"):
         return "opt-out"
-    if "automatic" in v:
+    if code in ("manual_keep", "manual_reject") or "automatic" in v:
         return "manual decision"
-    if r.startswith("salient object:"):
+    if code == "salient_object":
+        return "salient object: " + v.get("object", r.split(":", 1)[-1].split()[0])
+    if code == "duplicate":
+        return "near duplicate"
+    if code is None and r.startswith("salient object:"):
         return "salient object: " + r.split(":", 1)[1].split()[0]
-    if r.startswith("near duplicate"):
+    if code is None and r.startswith("near duplicate"):
         return "near duplicate"
     return r
 

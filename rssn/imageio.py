@@ -44,19 +44,22 @@ TMP_PREFIX = ".tmp-"
 class ImageReadError(ValueError):
     """An input file that cannot be used; the message names the file and the reason."""
 
-    def __init__(self, path: object, reason: str):
-        """``path``: a path, a :class:`MemoryFile` or a shard member; its ``str()`` names the file."""
+    def __init__(self, path: object, reason: str, code: str = "unreadable"):
+        """``path``: a path, a :class:`MemoryFile` or a shard member; its ``str()`` names the file.
+        ``code``: one of FAILURE_CODES (unreadable; pixel_limit for a decompression bomb)."""
         self.path = str(path)
         self.reason = reason
+        self.code = code
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # rebuilt from (path, reason) when a worker process sends it back
-        return type(self), (self.path, self.reason)
+    def __reduce__(self):  # rebuilt from (path, reason, code) when a worker process sends it back
+        return type(self), (self.path, self.reason, self.code)
 
 
 # Stable codes of failure records, beside the human reason: grouping, exit decisions and
 # reports use the code, never the reason's text.
-FAILURE_CODES = ("unreadable", "unusable_input", "disk_full", "io_error", "invalid", "worker_crashed", "error")
+FAILURE_CODES = ("unreadable", "pixel_limit", "empty_file", "unusable_input", "disk_full", "io_error", "invalid",
+                 "worker_crashed", "error")
 
 
 def failure_code(exc: BaseException) -> str:
@@ -66,7 +69,7 @@ def failure_code(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "disk_full"
     if isinstance(exc, ImageReadError):
-        return "unreadable"
+        return exc.code
     if isinstance(exc, OSError):
         return "io_error"
     if isinstance(exc, ValueError):
@@ -144,7 +147,8 @@ def open_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) 
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise ImageReadError(path, f"{w}x{h} is over the pixel limit of {max_pixels} (decompression bomb?)")
+        raise ImageReadError(path, f"{w}x{h} is over the pixel limit of {max_pixels} (decompression bomb?)",
+                             code="pixel_limit")
     if w == 0 or h == 0:
         im.close()
         raise ImageReadError(path, f"image has no pixels ({w}x{h})")

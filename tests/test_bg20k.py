@@ -177,8 +177,17 @@ def test_build_from_urls_keeps_the_right_images_and_records_every_failure(tmp_pa
     assert "cannot connect" in reasons["unreachable"] and "only http" in reasons["ftp"]
     assert "empty" in reasons["empty"]
     assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and ".." in p.name]
+    # every failure carries a stable code beside its sentence; stats group by the code
+    codes = {n: src[urls[n]].get("code") for n in reasons}
+    assert codes == {"tiny": "too_small", "page": "unreadable", "truncated": "unreadable", "big": "too_large",
+                     "chunked": "too_large", "slow": "timeout", "error": "http_error", "missing": "http_error",
+                     "loop": "bad_redirect", "to-file": "bad_redirect", "unreachable": "connect_error",
+                     "ftp": "bad_url", "escape": "http_error", "empty": codes["empty"]} \
+        and codes["empty"] in ("empty_body", "empty_file")
+    assert verdicts[src[urls[dup]]["id"]]["code"] == "duplicate"
     stats = json.loads((out / "stats.json").read_text())
     assert stats["counts"]["kept"] == 9 and stats["counts"]["rejected_near_duplicate"] == 2
+    assert stats["reasons"]["http_error"] == 3 and stats["reasons"]["too_large"] == 2, stats["reasons"]
 
     # incremental: one new source; nothing accepted is fetched again
     hits_before = dict(site.hits)
