@@ -372,11 +372,7 @@ def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: st
     ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
     bg_src = _background_source(p, bg_path, cfg, cache, w, h, ops)
     bg, box, scaled = augment.fit_background(bg_src, h, w, p.crop_fx, p.crop_fy)
-    if p.denoise_fg:
-        fg, est = state.denoised()
-        ops.append({"op": "bm3d", "target": "fg", **est.record(), "profile": cfg.denoise_profile})
-    else:
-        fg = state.fg8
+    fg = _foreground(state, p, ops)
     if p.blur_kernel is not None:
         bg = augment.box_blur(bg, p.blur_kernel)
         ops.append({"op": "box_blur", "target": "bg", "kernel": p.blur_kernel})
@@ -386,6 +382,15 @@ def make_composite(state: ForegroundState, rng: np.random.Generator, bg_path: st
         comp = augment.add_gaussian_noise(comp, cfg.noise_sigma, np.random.default_rng(p.noise_seed))
         ops.append({"op": "gaussian_noise", "sigma": cfg.noise_sigma, "seed": p.noise_seed, "clip": [0, 255]})
     return augment.to_uint8(comp), fg, bg, ops, box, scaled
+
+
+def _foreground(state: ForegroundState, p: augment.CompositeParams, ops: list[dict[str, Any]]) -> np.ndarray:
+    """The composite's F: the BM3D-denoised estimate when the draw says so (recorded in ``ops``)."""
+    if not p.denoise_fg:
+        return state.fg8
+    fg, est = state.denoised()
+    ops.append({"op": "bm3d", "target": "fg", **est.record(), "profile": state.cfg.denoise_profile})
+    return fg
 
 
 def _background_source(p: augment.CompositeParams, bg_path: str, cfg: ComposeConfig, cache: ImageCache,
@@ -423,11 +428,7 @@ def make_composite_window(state: ForegroundState, rng: np.random.Generator, bg_p
     ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
     bg_src = _background_source(p, bg_path, cfg, cache, w, h, ops)
     bg_view, _, _ = augment.fit_background_view(bg_src, h, w, p.crop_fx, p.crop_fy)
-    if p.denoise_fg:
-        fg, est = state.denoised()
-        ops.append({"op": "bm3d", "target": "fg", **est.record(), "profile": cfg.denoise_profile})
-    else:
-        fg = state.fg8
+    fg = _foreground(state, p, ops)
     if p.blur_kernel is not None:
         bg = augment.box_blur_window(bg_view, p.blur_kernel, box)
         ops.append({"op": "box_blur", "target": "bg", "kernel": p.blur_kernel})
