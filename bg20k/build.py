@@ -247,20 +247,69 @@ def fetch_policy(cfg: BuildConfig, resolve=None, connect=None) -> FetchPolicy:
 
 
 def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, connect=None) -> Stats:
-    from tqdm import tqdm
-
+    """Build the set: every stage below in turn, each reading and writing the manifest, whose
+    per-source records are also the resume state (a killed build runs again from where it was)."""
     t_all = time.perf_counter()
+    run = _open_run(cfg, progress)
+    _stage_licences(run)
+    detect = _checked_detector(cfg) if cfg.screen else None  # before any work: a missing model stops here
+    fetched = _stage_fetch(run, resolve, connect)
+    _stage_prepare(run, fetched)
+    del fetched
+    dd = _stage_dedup(run)
+    det_key = _stage_screen(run, dd, detect)
+    verdicts = _stage_decide(run, dd, det_key)
+    kept = _stage_place(run, verdicts, dd.placed)
+    return _stage_report(run, dd, verdicts, kept, t_all)
+
+
+@dataclass
+class _Run:
+    """What every stage of one build shares: the settings, the output folder, the manifest, the
+    counters, the source list with its attribution, and the sources the licence rule bars."""
+
+    cfg: BuildConfig
+    out: Path
+    manifest: Manifest
+    stats: Stats
+    sources: list[tuple[str, str | None]]
+    attribution: dict[str, dict[str, str]]
+    progress: bool
+    barred: dict[str, str] = field(default_factory=dict)
+
+    def bar(self, total: int, desc: str, unit: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
+
+
+@dataclass
+class _Dedup:
+    """The dedup stage's result: candidates by id, the licence-barred ones apart, sources that are
+    exact copies, the ids in order, the previous placements, and each near copy's representative."""
+
+    cands: dict[str, Candidate]
+    barred_cands: dict[str, Candidate]
+    exact_dups: dict[str, str]
+    ids: list[str]
+    placed: dict[str, str]
+    dup_of: dict[str, str]
+    group_split: dict[str, str]
+
+
+def _open_run(cfg: BuildConfig, progress: bool) -> _Run:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     for d in (".stage", ".downloads", "train", "testval"):
         (out / d).mkdir(exist_ok=True)
     remove_stale_temporaries(out)
-    manifest = Manifest(out / "manifest.jsonl")
-    stats = Stats()
     sources, attribution = _source_list(cfg)
+    return _Run(cfg, out, Manifest(out / "manifest.jsonl"), Stats(), sources, attribution, progress)
 
-    # -- licences: a source the rule excludes is neither downloaded nor used (re-checked each run)
-    barred: dict[str, str] = {}
+
+def _stage_licences(run: _Run) -> None:
+    """A source the licence rule excludes is neither downloaded nor used (re-checked each run)."""
+    cfg, manifest, sources, attribution, barred = run.cfg, run.manifest, run.sources, run.attribution, run.barred
     for s, _ in sources:
         why = license_rejection(attribution.get(s, {}).get("license"), cfg.require_license, cfg.licenses)
         if why is not None:
@@ -270,9 +319,11 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
                 manifest.append({"key": f"source:{s}", "type": "source", "source": s, "status": "rejected",
                                  "stage": "license", "code": "licence", "reason": why, "attribution": attribution.get(s, {})})
 
-    # -- the detector first: a missing model or a misspelt --classes stops the run before any work
-    detect = _checked_detector(cfg) if cfg.screen else None
 
+def _stage_fetch(run: _Run, resolve, connect) -> set[str]:
+    """Download what is not prepared yet; returns the URLs whose body is in OUT/.downloads."""
+    cfg, out, manifest, stats = run.cfg, run.out, run.manifest, run.stats
+    sources, attribution, barred = run.sources, run.attribution, run.barred
     # -- fetch: URLs not yet prepared; a finished download of a killed run is used as it is
     t = time.perf_counter()
     todo_urls = []
@@ -292,7 +343,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     n_reused = len(fetched)
     del todo_urls
     if to_fetch:
-        bar = tqdm(total=len(to_fetch), desc="download", unit="url", disable=not progress, dynamic_ncols=True)
+        bar = run.bar(len(to_fetch), "download", "url")
         for r in _fetch_bounded(to_fetch, cfg, fetch_policy(cfg, resolve, connect)):
             if r.ok and r.data:
                 dl = _download_path(out, r.url)
@@ -315,7 +366,12 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     stats.seconds["download"] = time.perf_counter() - t
     stats.items["download"] = len(to_fetch)
     stats.counts["downloads_reused"] = n_reused
+    return fetched
 
+
+def _stage_prepare(run: _Run, fetched: set[str]) -> None:
+    cfg, out, manifest, stats = run.cfg, run.out, run.manifest, run.stats
+    sources, attribution, barred = run.sources, run.attribution, run.barred
     # -- prepare: every source not yet in the manifest
     t = time.perf_counter()
     jobs = [sp for sp in sources  # the same tuples as `sources`: a reference per job, not a copy
@@ -323,7 +379,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     if jobs:
         from rssn.executor import run_tasks
 
-        bar = tqdm(total=len(jobs), desc="prepare", unit="image", disable=not progress, dynamic_ncols=True)
+        bar = run.bar(len(jobs), "prepare", "image")
         for k, rec, exc in run_tasks(prepare_source, _PrepareTasks(jobs, out, cfg), workers=cfg.workers,
                                      executor=cfg.executor, ray_address=cfg.ray_address, retries=cfg.retries):
             s = jobs[k][0]
@@ -344,6 +400,9 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     stats.items["prepare"] = len(jobs)
     del jobs, fetched
 
+
+def _stage_dedup(run: _Run) -> _Dedup:
+    cfg, out, manifest, stats, sources, barred = run.cfg, run.out, run.manifest, run.stats, run.sources, run.barred
     # -- dedup over every eligible candidate (new and old); licence-barred sources take no part
     t = time.perf_counter()
     current = {s for s, _ in sources}
@@ -375,7 +434,13 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     group_split = {i: placed.get(i) or split_of(i, cfg.val_fraction) for i in ids if i not in dup_of}
     stats.seconds["dedup"] = time.perf_counter() - t
     stats.items["dedup"] = len(ids)
+    return _Dedup(cands, barred_cands, exact_dups, ids, placed, dup_of, group_split)
 
+
+def _stage_screen(run: _Run, dd: _Dedup, detect) -> str:
+    """Screen the unique candidates not yet screened by this detector; returns the detector's key."""
+    cfg, out, manifest, stats = run.cfg, run.out, run.manifest, run.stats
+    ids, dup_of, cands = dd.ids, dd.dup_of, dd.cands
     # -- screen the unique candidates not yet screened by this detector, in batches of one shape
     t = time.perf_counter()
     unique = [i for i in ids if i not in dup_of]
@@ -384,7 +449,7 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     to_screen = [i for i in unique if not _screened(manifest, i, det_key, floor)] if cfg.screen else []
     if to_screen:
         assert detect is not None  # to_screen is empty without cfg.screen
-        bar = tqdm(total=len(to_screen), desc="screen", unit="image", disable=not progress, dynamic_ncols=True)
+        bar = run.bar(len(to_screen), "screen", "image")
         for batch in shape_batches(to_screen, {i: (cands[i].size[0], cands[i].size[1]) for i in to_screen}, cfg.detect_batch):
             for i, dets in zip(batch, detect([str(out / ".stage" / f"{i}.jpg") for i in batch], floor)):
                 manifest.append({"key": f"detect:{i}", "type": "detections", "id": i, "detector": det_key,
@@ -394,7 +459,13 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
     manifest.sync()
     stats.seconds["screen"] = time.perf_counter() - t
     stats.items["screen"] = len(to_screen)
+    return det_key
 
+
+def _stage_decide(run: _Run, dd: _Dedup, det_key: str) -> dict[str, dict[str, Any]]:
+    cfg, manifest, attribution, barred = run.cfg, run.manifest, run.attribution, run.barred
+    ids, dup_of, cands, barred_cands, placed, group_split = \
+        dd.ids, dd.dup_of, dd.cands, dd.barred_cands, dd.placed, dd.group_split
     # -- decide
     decisions = read_decisions(cfg.decisions) if cfg.decisions else {}
     classes = set(cfg.classes) if cfg.classes else None
@@ -434,8 +505,12 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
         # once placed, an image never changes split; otherwise it takes its group's split
         v["split"] = placed.get(i) or group_split[dup_of.get(i, i)]
         verdicts[i] = v
-    all_ids = sorted(verdicts)
+    return verdicts
 
+
+def _stage_place(run: _Run, verdicts: dict[str, dict[str, Any]], placed: dict[str, str]) -> set[str]:
+    """Put the kept images in train/ or testval/ (a placed image never moves); returns their ids."""
+    out, manifest = run.out, run.manifest
     # -- place
     kept = {i for i, v in verdicts.items() if v["verdict"] == "kept"}
     for split in ("train", "testval"):
@@ -449,7 +524,15 @@ def run_build(cfg: BuildConfig, progress: bool = True, log=print, resolve=None, 
         if i not in placed:
             manifest.append({"key": f"placed:{i}", "type": "placed", "id": i, "split": verdicts[i]["split"]})
     manifest.sync()
+    return kept
 
+
+def _stage_report(run: _Run, dd: _Dedup, verdicts: dict[str, dict[str, Any]], kept: set[str], t_all: float) -> Stats:
+    cfg, out, manifest, stats, sources, attribution = \
+        run.cfg, run.out, run.manifest, run.stats, run.sources, run.attribution
+    current = {s for s, _ in sources}
+    exact_dups, ids, barred_cands = dd.exact_dups, dd.ids, dd.barred_cands
+    all_ids = sorted(verdicts)
     # -- report
     def current_sources():
         for key in manifest.keys():
