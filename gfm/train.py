@@ -369,138 +369,22 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
-    """Train (or resume) and write checkpoints and logs under ``cfg.out``."""
-    ctx = distributed_context()
-    rank, local_rank, world = ctx.rank, ctx.local_rank, ctx.world_size
-    distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
-
-        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-        device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
-        if backend == "nccl":
-            torch.cuda.set_device(device)
-    else:
-        device = pick_device(cfg.device)
-    is_main = rank == 0
+    """Train (or resume) and write checkpoints and logs under ``cfg.out``: set up, data,
+    validation set, resume point, model, then the epochs (each saved as it ends)."""
+    ctx, device = _set_up(cfg)
+    rank, world, distributed, is_main = ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main
     out = Path(cfg.out)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-
-    from .store import StoreDataset, is_store
-
-    stores = [d for d in cfg.data if is_store(d)]
-    if stores and len(stores) != len(cfg.data):
-        raise ValueError(f"--data mixes stores ({', '.join(stores)}) with folders; pack the folders too "
-                         "(`gfm pack --data DIR --out STORE`) or train on folders only")
-    samples: list[Sample] = []
-    failures: list[tuple[str, str]] = []
-    for d in ([] if stores else cfg.data):
-        s, f = find_samples(d)
-        samples += s
-        failures += f
-    samples, bad = check_samples(samples)
-    failures += bad
-    cache_root = cfg.cache_dir
-    if cache_root is None:
-        from rssn.compose import default_cache_dir
-
-        cache_root = str(default_cache_dir())
-    dataset: MattingDataset
-    if cfg.fg and cfg.bg:
-        from .data import OnTheFlyDataset
-
-        on_the_fly = OnTheFlyDataset(cfg.fg, cfg.bg, cfg.rosta, cfg.crop, cfg.seed, cfg.per_fg, dict(cfg.route_options))
-        failures += [(f.path, f.reason) for f in on_the_fly.failures]
-        if not on_the_fly.items:
-            raise ValueError(f"no usable foreground in {cfg.fg}")
-        dataset = on_the_fly
-    elif stores:
-        packed = StoreDataset(stores, cfg.rosta, cfg.crop, cfg.seed, photo_fgbg=cfg.photo_fgbg)
-        failures += packed.failures
-        dataset = packed
-    else:
-        dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed,
-                                 photo_fgbg_cache=cache_root if cfg.photo_fgbg else None)
-    if is_main:
-        for path, reason in failures:
-            log(f"skipped {path}: {reason}")
-    if len(dataset) == 0:
-        raise ValueError("no usable training sample in " + ", ".join(cfg.data))
-    val_samples: list[Sample] = []
-    val_skipped: list[tuple[str, str]] = []  # unreadable or unpaired validation files: named, counted
-    if cfg.val:
-        val_samples, vf = find_samples(cfg.val)
-        check_val_files(cfg.val, val_samples)
-        val_samples, vb = check_samples(val_samples)
-        val_skipped = [(str(p), r) for p, r in vf + vb]
-        if is_main:
-            for path, reason in val_skipped:
-                log(f"skipped validation file {path}: {reason}")
-        if not val_samples:
-            raise ValueError(f"--val {cfg.val}: no readable photo with a matte" +
-                             (f" ({len(val_skipped)} file(s) skipped, named above)" if val_skipped else ""))
-    overlap = check_val_overlap(cfg, val_samples, training_images(cfg, samples, dataset)) if val_samples else []
-    if overlap and is_main:
-        log(f"warning (--allow-val-overlap): {len(overlap)} validation photo(s) are training photos; "
-            "the validation SAD measures memory for them")
-    val_fp = val_fingerprint(val_samples)
-
-    resume = cfg.resume
-    if resume == "auto":
-        resume = str(out / "last.pt") if (out / "last.pt").exists() else None
-    ckpt = load_checkpoint(resume) if resume else None
-    if cfg.batch_size is None:  # the default: recorded in the checkpoint, never re-derived on another device
-        old_batch = json.loads(ckpt["config"]).get("batch_size") if ckpt else None
-        cfg = replace(cfg, batch_size=int(old_batch) if old_batch else default_batch_size(cfg.backbone, device.type))
-    assert cfg.batch_size is not None  # set just above when it was None
-
-    torch.manual_seed(cfg.seed)
-    model: torch.nn.Module = GFM(config=cfg.model_config(), pretrained=cfg.pretrained).to(device)  # DDP may wrap it
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
-    state = TrainState()
-    best_val_sad = float("inf")
-
-    if ckpt is not None:
-        assert resume is not None  # the checkpoint was loaded from it
-        old = model_config_of(ckpt)
-        if old != cfg.model_config():
-            diffs = [f"{k}: {v} in the checkpoint, {getattr(cfg.model_config(), k)} now"
-                     for k, v in old.to_dict().items() if v != getattr(cfg.model_config(), k)]
-            raise ValueError(f"{resume}: the checkpoint's model differs from the one asked for ({'; '.join(diffs)}); "
-                             "pass the same model options, or train into another --out")
-        old_data, new_data = data_settings(ckpt["config"]), data_settings(cfg)
-        diffs = [f"{k}: {json.dumps(old_data[k])} in the checkpoint, {json.dumps(new_data[k])} now"
-                 for k in DATA_SETTINGS if old_data[k] != new_data[k]]
-        if diffs:
-            raise ValueError(f"{resume}: the checkpoint was trained on other data ({'; '.join(diffs)}); resume with "
-                             "the same data options, or train into another --out")
-        old_lap = json.loads(ckpt["config"]).get("laplacian", "textbook")
-        if old_lap != cfg.laplacian:
-            raise ValueError(f"{resume}: the checkpoint was trained with --laplacian {old_lap}, not {cfg.laplacian}; "
-                             f"resume with --laplacian {old_lap}, or train into another --out")
-        check_resume_settings(resume, ckpt, cfg, world, val_fp)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        state = TrainState(int(ckpt["epoch"]), int(ckpt["step"]), json.loads(ckpt["history"]))
-        best_val_sad = float(ckpt.get("best_val_sad", min([h.get("val_sad", float("inf")) for h in state.history],
-                                                          default=float("inf"))))
-        if is_main:
-            log(f"resumed from {resume} after epoch {state.epoch} (step {state.step})")
-        del ckpt
-    synced_bn = False
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        if device.type == "cuda":  # SyncBatchNorm needs CUDA; CPU (gloo) runs broadcast rank 0's before validating
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            synced_bn = True
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    dataset, samples, failures = _training_set(cfg, is_main, log)
+    val = _validation_set(cfg, samples, dataset, is_main, log)
+    val_samples, val_skipped, overlap, val_fp = val.samples, val.skipped, val.overlap, val.fingerprint
+    cfg, resume, ckpt = _resume_point(cfg, out, device)
+    assert cfg.batch_size is not None  # _resume_point sets it when it was None
+    model, optimizer, scaler, state, best_val_sad = _model_and_state(cfg, device, resume, ckpt, world, val_fp,
+                                                                     is_main, log)
+    del ckpt
+    model, synced_bn = _wrap_distributed(model, device, distributed)
 
     losses_csv = out / "losses.csv"
     rows = _read_losses_csv(losses_csv, state.epoch) if is_main else []
@@ -564,6 +448,173 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         dist.barrier()
         dist.destroy_process_group()
     return state
+
+
+def _set_up(cfg: TrainConfig):
+    """(distributed context, device): under torchrun, joins the process group (NCCL on CUDA, gloo
+    on CPU) and takes the local GPU; otherwise the device asked for."""
+    ctx = distributed_context()
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        device = torch.device(f"cuda:{ctx.local_rank}") if backend == "nccl" else torch.device("cpu")
+        if backend == "nccl":
+            torch.cuda.set_device(device)
+    else:
+        device = pick_device(cfg.device)
+    return ctx, device
+
+
+def _training_set(cfg: TrainConfig, is_main: bool, log) -> tuple[MattingDataset, list[Sample], list[tuple[str, str]]]:
+    """The training dataset (folders or shards, stores, or on-the-fly composites), the samples
+    read from folders, and the skipped files with their reasons (logged on rank 0)."""
+    from .store import StoreDataset, is_store
+
+    stores = [d for d in cfg.data if is_store(d)]
+    if stores and len(stores) != len(cfg.data):
+        raise ValueError(f"--data mixes stores ({', '.join(stores)}) with folders; pack the folders too "
+                         "(`gfm pack --data DIR --out STORE`) or train on folders only")
+    samples: list[Sample] = []
+    failures: list[tuple[str, str]] = []
+    for d in ([] if stores else cfg.data):
+        s, f = find_samples(d)
+        samples += s
+        failures += f
+    samples, bad = check_samples(samples)
+    failures += bad
+    cache_root = cfg.cache_dir
+    if cache_root is None:
+        from rssn.compose import default_cache_dir
+
+        cache_root = str(default_cache_dir())
+    dataset: MattingDataset
+    if cfg.fg and cfg.bg:
+        from .data import OnTheFlyDataset
+
+        on_the_fly = OnTheFlyDataset(cfg.fg, cfg.bg, cfg.rosta, cfg.crop, cfg.seed, cfg.per_fg, dict(cfg.route_options))
+        failures += [(f.path, f.reason) for f in on_the_fly.failures]
+        if not on_the_fly.items:
+            raise ValueError(f"no usable foreground in {cfg.fg}")
+        dataset = on_the_fly
+    elif stores:
+        packed = StoreDataset(stores, cfg.rosta, cfg.crop, cfg.seed, photo_fgbg=cfg.photo_fgbg)
+        failures += packed.failures
+        dataset = packed
+    else:
+        dataset = MattingDataset(samples, cfg.rosta, cfg.crop, cfg.seed,
+                                 photo_fgbg_cache=cache_root if cfg.photo_fgbg else None)
+    if is_main:
+        for path, reason in failures:
+            log(f"skipped {path}: {reason}")
+    if len(dataset) == 0:
+        raise ValueError("no usable training sample in " + ", ".join(cfg.data))
+    return dataset, samples, failures
+
+
+@dataclass
+class _Validation:
+    samples: list[Sample]
+    skipped: list[tuple[str, str]]  # unreadable or unpaired validation files: named, counted
+    overlap: list[dict[str, str]]  # validation photos that are training photos (--allow-val-overlap)
+    fingerprint: str | None
+
+
+def _validation_set(cfg: TrainConfig, samples: list[Sample], dataset: MattingDataset, is_main: bool,
+                    log) -> _Validation:
+    """--val's photos, the files skipped, the overlap with the training photos (an error unless
+    --allow-val-overlap) and the set's fingerprint (recorded for resume)."""
+    val_samples: list[Sample] = []
+    val_skipped: list[tuple[str, str]] = []  # unreadable or unpaired validation files: named, counted
+    if cfg.val:
+        val_samples, vf = find_samples(cfg.val)
+        check_val_files(cfg.val, val_samples)
+        val_samples, vb = check_samples(val_samples)
+        val_skipped = [(str(p), r) for p, r in vf + vb]
+        if is_main:
+            for path, reason in val_skipped:
+                log(f"skipped validation file {path}: {reason}")
+        if not val_samples:
+            raise ValueError(f"--val {cfg.val}: no readable photo with a matte" +
+                             (f" ({len(val_skipped)} file(s) skipped, named above)" if val_skipped else ""))
+    overlap = check_val_overlap(cfg, val_samples, training_images(cfg, samples, dataset)) if val_samples else []
+    if overlap and is_main:
+        log(f"warning (--allow-val-overlap): {len(overlap)} validation photo(s) are training photos; "
+            "the validation SAD measures memory for them")
+    val_fp = val_fingerprint(val_samples)
+
+    return _Validation(val_samples, val_skipped, overlap, val_fp)
+
+
+def _resume_point(cfg: TrainConfig, out: Path, device) -> tuple[TrainConfig, str | None, dict[str, Any] | None]:
+    """(cfg with its batch size decided, the checkpoint path, the checkpoint) for --resume."""
+    resume = cfg.resume
+    if resume == "auto":
+        resume = str(out / "last.pt") if (out / "last.pt").exists() else None
+    ckpt = load_checkpoint(resume) if resume else None
+    if cfg.batch_size is None:  # the default: recorded in the checkpoint, never re-derived on another device
+        old_batch = json.loads(ckpt["config"]).get("batch_size") if ckpt else None
+        cfg = replace(cfg, batch_size=int(old_batch) if old_batch else default_batch_size(cfg.backbone, device.type))
+    return cfg, resume, ckpt
+
+
+def _model_and_state(cfg: TrainConfig, device, resume: str | None, ckpt: dict[str, Any] | None, world: int,
+                     val_fp: str | None, is_main: bool, log):
+    """(model, optimiser, scaler, state, best validation SAD): new, or restored from ``ckpt``
+    after checking that the model, data and training settings are the checkpoint's."""
+    torch.manual_seed(cfg.seed)
+    model: torch.nn.Module = GFM(config=cfg.model_config(), pretrained=cfg.pretrained).to(device)  # DDP may wrap it
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    state = TrainState()
+    best_val_sad = float("inf")
+
+    if ckpt is not None:
+        assert resume is not None  # the checkpoint was loaded from it
+        old = model_config_of(ckpt)
+        if old != cfg.model_config():
+            diffs = [f"{k}: {v} in the checkpoint, {getattr(cfg.model_config(), k)} now"
+                     for k, v in old.to_dict().items() if v != getattr(cfg.model_config(), k)]
+            raise ValueError(f"{resume}: the checkpoint's model differs from the one asked for ({'; '.join(diffs)}); "
+                             "pass the same model options, or train into another --out")
+        old_data, new_data = data_settings(ckpt["config"]), data_settings(cfg)
+        diffs = [f"{k}: {json.dumps(old_data[k])} in the checkpoint, {json.dumps(new_data[k])} now"
+                 for k in DATA_SETTINGS if old_data[k] != new_data[k]]
+        if diffs:
+            raise ValueError(f"{resume}: the checkpoint was trained on other data ({'; '.join(diffs)}); resume with "
+                             "the same data options, or train into another --out")
+        old_lap = json.loads(ckpt["config"]).get("laplacian", "textbook")
+        if old_lap != cfg.laplacian:
+            raise ValueError(f"{resume}: the checkpoint was trained with --laplacian {old_lap}, not {cfg.laplacian}; "
+                             f"resume with --laplacian {old_lap}, or train into another --out")
+        check_resume_settings(resume, ckpt, cfg, world, val_fp)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = TrainState(int(ckpt["epoch"]), int(ckpt["step"]), json.loads(ckpt["history"]))
+        best_val_sad = float(ckpt.get("best_val_sad", min([h.get("val_sad", float("inf")) for h in state.history],
+                                                          default=float("inf"))))
+        if is_main:
+            log(f"resumed from {resume} after epoch {state.epoch} (step {state.step})")
+        del ckpt
+    return model, optimizer, scaler, state, best_val_sad
+
+
+def _wrap_distributed(model, device, distributed: bool):
+    """(model, synced_bn): under torchrun, DDP (with SyncBatchNorm on CUDA)."""
+    synced_bn = False
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if device.type == "cuda":  # SyncBatchNorm needs CUDA; CPU (gloo) runs broadcast rank 0's before validating
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            synced_bn = True
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    return model, synced_bn
 
 
 def _write_history(out: Path, history: list[dict[str, Any]], overlap: list[dict[str, str]],
