@@ -11,7 +11,7 @@ batch (ImageNet normalisation included) on the training device. Folders, shards 
 """
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,8 @@ from rssn.layout import LayoutError, files_by_stem, find_foregrounds
 from rssn.seeding import derive_rng
 
 from .losses import FT_BT_KERNEL
+
+log = logging.getLogger(__name__)  # a training sample that fails to load: named, counted (``replaced``)
 
 if TYPE_CHECKING:
     from rssn.shards import TarPart
@@ -324,6 +326,7 @@ class MattingDataset(Dataset):
         self.photo_fgbg_cache = photo_fgbg_cache
         self.input_range = input_range
         self.epoch = 0
+        self.replaced = 0  # samples that failed to load and were replaced, in this process
 
     def set_epoch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s crops and flips (call before each epoch; workers see it)."""
@@ -343,7 +346,9 @@ class MattingDataset(Dataset):
             try:
                 return self._load(i)
             except (ImageReadError, OSError, ValueError) as exc:
-                print(f"warning: skipping {self.samples[i].name}: {exc}", file=sys.stderr)
+                self.replaced += 1
+                log.warning("skipping %s: %s (replaced by the next sample; %d in this process)",
+                            self.samples[i].name, exc, self.replaced)
         raise RuntimeError("no training sample could be read")
 
     def _load(self, index: int) -> dict[str, torch.Tensor]:
@@ -449,7 +454,9 @@ class OnTheFlyDataset(MattingDataset):
             try:
                 return self._compose(i, index % self.per_fg)
             except (ImageReadError, OSError, ValueError) as exc:
-                print(f"warning: skipping {self.items[i].stem}: {exc}", file=sys.stderr)
+                self.replaced += 1
+                log.warning("skipping %s: %s (replaced by the next foreground; %d in this process)",
+                            self.items[i].stem, exc, self.replaced)
         raise RuntimeError("no foreground could be composited")
 
     def _compose(self, fg_index: int, k: int) -> dict[str, torch.Tensor]:

@@ -235,3 +235,21 @@ def test_shards_as_validation_set_are_refused_before_training(tmp_path):
     proc = _train(files, tmp_path / "run", "--val", str(shards), "--epochs", "1", check=False)
     assert proc.returncode == 1 and "webdataset shards" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_sample_that_fails_to_load_is_named_counted_and_replaced(tmp_path, caplog):
+    """A file cut off after the set was checked: the dataset warns through logging with its
+    name, counts it, and serves the next sample in its place (the same tensors as that one)."""
+    import logging
+
+    from gfm.data import MattingDataset, find_samples
+
+    data = small_real_set(tmp_path / "data", height=64, names=("GT01", "GT05"))
+    samples, _ = find_samples(data)
+    ds = MattingDataset(samples, "tt", crop=64, seed=0, photo_fgbg_cache=None)
+    want = ds[1]
+    (data / "image" / "GT01.png").write_bytes((data / "image" / "GT01.png").read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="gfm.data"):
+        got = ds[0]
+    assert ds.replaced == 1 and "GT01" in caplog.text
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
