@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
+# test processes (pytest-xdist): two keep a 2-core machine busy; the suite's slow modules start first
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean
 
@@ -21,7 +23,7 @@ demo: setup
 
 test: setup
 	@bash scripts/install-chromium.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf demo-out .pytest_cache

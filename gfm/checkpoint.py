@@ -8,13 +8,12 @@ decide the training data, JSON); ``source`` says where imported weights came fro
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rssn.imageio import atomic_write_bytes
+from rssn.imageio import atomic_open
 
 from .dist import unwrap
 from .model import GFM, ModelConfig
@@ -31,17 +30,26 @@ def model_checkpoint(model: Any, **extra: Any) -> dict[str, Any]:
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
-    """Write atomically: a killed run leaves the previous checkpoint whole."""
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    """Write atomically: a killed run leaves the previous checkpoint whole. Streamed into the
+    temporary file (a training checkpoint is 3x the weights: never a second copy in memory)."""
+    with atomic_open(path) as f:
+        torch.save(ckpt, f)
 
 
 def read_torch_file(path: str | Path, missing: str, unreadable: str, error: type[Exception] = ValueError) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; a missing file is a FileNotFoundError and any
-    other failure an ``error``, both naming the file ("PATH: missing" / "PATH: unreadable (why)")."""
+    other failure an ``error``, both naming the file ("PATH: missing" / "PATH: unreadable (why)").
+
+    Memory-mapped where the file allows it (torch's zip format): a tensor is read when it is
+    used, so predicting from a training checkpoint never reads its optimiser state (two thirds
+    of the file). Mapped privately: writing a loaded tensor never changes the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except FileNotFoundError:
+            raise
+        except Exception:  # the legacy (pre-zip) format cannot be mapped; any other fault shows below
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {missing}") from None
     except Exception as exc:

@@ -199,9 +199,9 @@ def arm_counts(stage: Path) -> dict[str, Any]:
     doc = json.loads((stage / "eval-last.json").read_text()) if (stage / "eval-last.json").exists() else {}
     steps = int(hist[-1]["step"]) if hist and "step" in hist[-1] else None
     if steps is None and (run / "last.pt").exists():
-        import torch
+        from .checkpoint import load_checkpoint
 
-        steps = int(torch.load(run / "last.pt", map_location="cpu", weights_only=True)["step"])
+        steps = int(load_checkpoint(run / "last.pt")["step"])
     return {"samples": hist[-1].get("samples") if hist else None, "epochs": len(hist), "steps": steps,
             "scored": doc.get("count")}
 
@@ -218,11 +218,11 @@ def unequal_arms(counts: dict[str, dict[str, Any]]) -> list[str]:
 
 def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> list[ArmResult]:
     """Run (or continue) every arm and repeat, then write the results."""
-    import torch
 
     from rssn.compose import byte_settings, run_compose
     from rssn.outdir import check_settings, output_lock
 
+    from .checkpoint import load_checkpoint
     from .train import pick_device, run_train
 
     t_start = time.perf_counter()
@@ -275,7 +275,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, progress: bool = False) -> 
                 path = stage / f"eval-{which}.json"
                 if not path.exists():
                     doc = evaluate_checkpoint(ckpt, cfg.val, stage / f"pred-{which}", device)
-                    doc["epoch"] = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+                    doc["epoch"] = int(load_checkpoint(ckpt)["epoch"])
                     atomic_write_json(path, doc)
                 doc = json.loads(path.read_text())
                 results.append(ArmResult(arm, r, which, doc["means"], doc["epoch"]))

@@ -8,16 +8,17 @@ values) and their float32 version in [0, 1]. Every writer goes through
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -386,13 +387,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_chunks(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
     """Like :func:`atomic_write_bytes`, for a file made piece by piece (a large report), so that
     the whole file is never in memory at once."""
+    with atomic_open(path) as f:
+        for c in chunks:
+            f.write(c)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary file in the same folder, fsynced and
+    renamed over ``path`` when the block ends, removed when it raises. For writers that stream
+    (``torch.save`` of a checkpoint), so the file's bytes are never held in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -45,3 +45,11 @@ def run_cli(*args: str, timeout: float = 1200, check: bool = False, env: dict | 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules holding a slow test run first, each module's tests kept together (module fixtures
+    are built once): with several test processes (``make test``) no long test is left for the
+    end while the other process idles."""
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # stable: the order within stays
