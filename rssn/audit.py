@@ -28,7 +28,7 @@ from .layout import MATTE_DIRS, PHOTO_DIRS, LayoutError, find_foregrounds
 from .manifest import Manifest
 from .measures import ERODE_PX, GAPS, MEASURES, MIN_REGION_PX, measure_image
 
-MEASURES_VERSION = 3  # bump when a measure's definition changes: cached rows are then measured again
+MEASURES_VERSION = 4  # bump when a measure's definition changes: cached rows are then measured again
 SEM_COLUMNS = ("sem_bg",)
 
 

@@ -31,7 +31,8 @@ CONTRAST_WINDOW = 63      # px, the local-contrast window of `sharpness`
 COLOUR_CONTRAST_WINDOW = 15  # px, the local-contrast window of Xue et al.'s statistic
 RES_TILE = 64             # px, the default tile of the spectrum in `effective_resolution`
 RES_MAX_TILES = 64
-RES_DROP = 0.1            # the whitened spectrum's drop that marks the resolution limit
+RES_DROP = 0.1            # the whitened spectrum's drop, from its reference band's median, that marks the limit
+RES_PEAK_DROP = 0.04      # ... or its drop from its peak at or below the band (catches blurs that attenuate the band)
 
 
 def regions(alpha: np.ndarray, erode: int = ERODE_PX) -> tuple[np.ndarray, np.ndarray]:
@@ -310,10 +311,9 @@ def res_tile_size(*masks: np.ndarray) -> int | None:
 
 
 def res_lower_limit(size: int) -> float:
-    """The lowest value `effective_resolution` can give with ``size`` px tiles: the first ring
-    above the reference band, at the coarsest level."""
-    half = size // 2
-    return (max(2, half // 8) + 1) / half / 2 ** (RES_LEVELS - 1)
+    """The lowest value `effective_resolution` can give with ``size`` px tiles: one ring above
+    the lowest (a drop from the peak at ring 1 found at ring 2), at the coarsest level."""
+    return 1 / (size // 2) / 2 ** (RES_LEVELS - 1)
 
 
 def _hann_power(size: int) -> float:
@@ -354,13 +354,31 @@ def _rings(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return r[keep], keep, np.bincount(r[keep], minlength=size // 2 + 1)
 
 
+def _first_drop(level: np.ndarray, start: int, threshold: float) -> float:
+    """The first ring from ``start`` on whose ``level`` is below ``threshold``, interpolated in
+    log level from the ring before, as a fraction of Nyquist; 1.0 when none is."""
+    half = len(level) - 1
+    for k in range(start, half + 1):
+        if level[k] < threshold:
+            a, b = math.log(max(level[k - 1], 1e-12)), math.log(max(level[k], 1e-12))
+            t = (a - math.log(threshold)) / (a - b) if a != b else 1.0
+            return float((k - 1 + min(max(t, 0.0), 1.0)) / half)
+    return 1.0
+
+
 def _cutoff(spec: np.ndarray, floor: float = 0.0, tiles: int = 1) -> float | None:
-    """The whitened spectrum's first drop below `RES_DROP` of its reference band, as a fraction
-    of Nyquist; 1.0 when it never drops; None when the reference is 0. A ring whose power (noise
-    already subtracted) is within the noise estimate's error of 0 counts as dropped: below
-    `RES_NOISE_MARGIN` of the noise ``floor`` plus 3 standard errors of the ring's mean noise
-    power (each frequency's power of noise is exponential: std = mean; ``tiles`` tiles on a
-    quarter pitch count as tiles / 4 independent ones, half the frequencies are mirror images)."""
+    """The whitened spectrum's first drop, as a fraction of Nyquist, below `RES_DROP` of its
+    reference band's median (looked for above the band) or below `RES_PEAK_DROP` of its peak
+    over rings 1 to the band's top (looked for above the peak), whichever comes first; 1.0 when
+    it never drops; None when the reference is 0. The peak criterion is for blurs whose first
+    zero lies in or under the band: the band is then attenuated too, and a box filter's side
+    lobes beyond its zero stay above 10 % of it (a 60 px box read above a 40 px one), while
+    the peak (the lowest rings, least attenuated) keeps the drop at the main lobe. A ring whose
+    power (noise already subtracted) is within the noise estimate's error of 0 counts as
+    dropped: below `RES_NOISE_MARGIN` of the noise ``floor`` plus 3 standard errors of the
+    ring's mean noise power (each frequency's power of noise is exponential: std = mean;
+    ``tiles`` tiles on a quarter pitch count as tiles / 4 independent ones, half the
+    frequencies are mirror images)."""
     counts = _rings(2 * (len(spec) - 1))[2]
     margin = floor * (RES_NOISE_MARGIN + 3.0 / np.sqrt(np.maximum(counts * max(tiles / 4, 1) / 2, 1)))
     half = len(spec) - 1
@@ -370,13 +388,10 @@ def _cutoff(spec: np.ndarray, floor: float = 0.0, tiles: int = 1) -> float | Non
     ref = float(np.median(white[lo:hi + 1]))
     if ref <= 0:
         return None
-    level = np.where(spec < margin, 0.0, white / ref)
-    for k in range(hi + 1, half + 1):
-        if level[k] < RES_DROP:
-            a, b = math.log(max(level[k - 1], 1e-12)), math.log(max(level[k], 1e-12))
-            t = (a - math.log(RES_DROP)) / (a - b) if a != b else 1.0
-            return float((k - 1 + min(max(t, 0.0), 1.0)) / half)
-    return 1.0
+    top = 1 + int(np.argmax(white[1:hi + 1]))
+    kept = np.where(spec < margin, 0.0, white)
+    return min(_first_drop(kept / ref, hi + 1, RES_DROP),
+               _first_drop(kept / float(white[top]), top + 1, RES_PEAK_DROP))
 
 
 def effective_resolution(image: np.ndarray | ImageMaps, mask: np.ndarray, size: int = RES_TILE,
@@ -390,12 +405,18 @@ def effective_resolution(image: np.ndarray | ImageMaps, mask: np.ndarray, size: 
     white noise (``noise``: its std in luma, by default `luma_noise_sigma`) is subtracted
     before whitening, so noise does not pose as detail. We take the whitened level over
     1/16-1/8 of Nyquist as the reference and report the first frequency above that band where
-    it drops below 10 % of it (interpolated in log power between rings). Where that is below
-    half Nyquist the region is measured again at half size (INTER_AREA, which also quarters
-    the noise's variance), twice at most, so blurs of 20-60 px are told apart; the lowest value
-    is `res_lower_limit` (0.039 with 64 px tiles). An image upscaled by a factor u has nothing
-    above 1/u of Nyquist and scores near 1/u. ``size``: the tile, the same for both regions of
-    an image (`res_tile_size`).
+    it drops below 10 % of it, or, if sooner, the first frequency above the whitened peak at
+    or below that band where it drops below 4 % of the peak (interpolated in log power between
+    rings; `_cutoff`). The peak criterion matters only for blurs whose first zero lies in or
+    under the band: the band is attenuated with the detail, and a box filter's side lobes
+    stayed above 10 % of it, so a 60 px box read higher than a 40 px one (ferns: 0.059 against
+    0.050); from the peak, box 20 > 40 > 60 on every shared scene and photo at noise sigma 0,
+    5 and 10 (tests/test_audit.py). Where the value is below half Nyquist the region is
+    measured again at half size (INTER_AREA, which also quarters the noise's variance), twice
+    at most, so blurs of 20-60 px are told apart; the lowest value is `res_lower_limit` (0.0078
+    with 64 px tiles). An image upscaled by a factor u has nothing above 1/u of Nyquist and
+    scores near 1/u. ``size``: the tile, the same for both regions of an image
+    (`res_tile_size`).
     """
     maps = _maps(image)
     s = luma_noise_sigma(maps, mask) if noise is None else noise
