@@ -14,9 +14,13 @@ are page cache the kernel can drop, so RssAnon is printed beside it):
 - otf: the on-the-fly path before the window one (`OnTheFlyDataset.whole_image = True`; no
   foreground estimation, no BM3D: foregrounds come from the cache; the route's whole-image
   background scaling, blur, blend and noise, then the crop);
+- otf-window-decode: the window path decoding every foreground for every sample
+  (`OnTheFlyDataset.plane_cache = False`: photo and matte decoded, hashed, cached estimate
+  decoded), as before the plane cache;
 - otf-window: today's `OnTheFlyDataset`, which draws the crop first and blurs, blends and adds
-  noise on the window only (same draws; equal tensors but for the noise's realisation).
-  Its ratio to otf is printed.
+  noise on the window only (same draws; equal tensors but for the noise's realisation), with
+  each foreground's planes decoded once into the cache (`rssn.planes`) and memory-mapped.
+  Their ratios to otf are printed.
 
 `--profile otf-window` prints the cProfile of that path's timed pass (cumulative, top 25).
 
@@ -118,10 +122,11 @@ def measure(path: str, root: Path, seconds: float, crop: int, profile: bool = Fa
     elif path.startswith("store"):
         ds = StoreDataset([root / "store"], "tt", crop, 0)
         files = [root / "store" / PIXELS]
-    elif path in ("otf", "otf-window"):
+    elif path in ("otf", "otf-window", "otf-window-decode"):
         ds = OnTheFlyDataset(root / "fg", root / "bg", "tt", crop, 0, per_fg=2,
                              compose_options={"fg_method": "none", "denoise_p": 0.0, "cache_dir": root / "cache"})
         ds.whole_image = path == "otf"
+        ds.plane_cache = path == "otf-window"
         ds.set_epoch(1000)
         for i in range(len(ds)):  # foregrounds into the cache (as after a first epoch), imports
             ds[i]
@@ -221,7 +226,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--paths", default="folder,store-warm,store-cold,otf,otf-window")
+    ap.add_argument("--paths", default="folder,store-warm,store-cold,otf,otf-window-decode,otf-window")
     ap.add_argument("--profile", default="", help="a path whose timed pass is profiled (cProfile, to stderr)")
     ap.add_argument("--_measure", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_root", default=None, help=argparse.SUPPRESS)

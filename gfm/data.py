@@ -153,6 +153,8 @@ def choose_crop_at(h: int, w: int, transitions, rng: np.random.Generator) -> tup
     return int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1)), size
 
 
+# bump when target_plane's bits change: it names the target planes kept with foreground planes
+TARGETS_VERSION = "1"
 ROSTA_BITS = {"tt": (0, 3), "ft": (2, 1), "bt": (3, 1)}  # (shift, mask) of each RoSTa's class in a target plane
 
 
@@ -377,21 +379,28 @@ class MattingDataset(Dataset):
         return self.window_tensors(alpha, y, x, size, flip, image[win], fg[win] if fg is not None else None,
                                    bg[win] if bg is not None else None)
 
+    def _rostas(self) -> tuple[str, ...]:
+        return ("tt", "ft", "bt") if self.rosta == "rim" else (self.rosta,)
+
     def window_tensors(self, alpha: np.ndarray, y: int, x: int, size: int, flip: bool, image: np.ndarray,
-                       fg: np.ndarray | None, bg: np.ndarray | None) -> dict[str, torch.Tensor]:
+                       fg: np.ndarray | None, bg: np.ndarray | None,
+                       targets: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """The sample of the window (y, x, size) of the whole matte ``alpha``, given the
         window's ``image``, ``fg`` and ``bg`` (size x size): targets from the matte around the
-        window, then :func:`window_sample`."""
-        top = _top_of(alpha)
-        # the targets of the window equal those of the whole matte: morphology reaches at most
-        # TARGET_MARGIN pixels, so the window plus that margin (clipped at the image) suffices
-        m = TARGET_MARGIN
-        y0, x0 = max(0, y - m), max(0, x - m)
-        around = alpha[y0:y + size + m, x0:x + size + m]
-        rostas = ("tt", "ft", "bt") if self.rosta == "rim" else (self.rosta,)
-        bits = target_plane(around.astype(np.float32) / np.float32(top), rostas)
-        return window_sample(image, alpha[y:y + size, x:x + size], bits[y - y0:y - y0 + size, x - x0:x - x0 + size],
-                             self.rosta, fg, bg, size, self.crop, flip)
+        window (or cut from ``targets``, the whole matte's :func:`target_plane` for this rosta,
+        when it was made once), then :func:`window_sample`."""
+        if targets is not None:
+            bits = targets[y:y + size, x:x + size]
+        else:
+            top = _top_of(alpha)
+            # the targets of the window equal those of the whole matte: morphology reaches at most
+            # TARGET_MARGIN pixels, so the window plus that margin (clipped at the image) suffices
+            m = TARGET_MARGIN
+            y0, x0 = max(0, y - m), max(0, x - m)
+            around = alpha[y0:y + size + m, x0:x + size + m]
+            bits = target_plane(around.astype(np.float32) / np.float32(top), self._rostas())
+            bits = bits[y - y0:y - y0 + size, x - x0:x - x0 + size]
+        return window_sample(image, alpha[y:y + size, x:x + size], bits, self.rosta, fg, bg, size, self.crop, flip)
 
 
 def draw_window(alpha: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, bool]:
@@ -421,9 +430,17 @@ class OnTheFlyDataset(MattingDataset):
     The crop window is drawn first (it needs only the matte) and only the window is composed:
     background blur, blend and noise run on the window (plus the blur's reach), not the whole
     image. ``whole_image = True`` composes the whole image, then crops (the earlier path, kept
-    for the benchmark and the equality tests)."""
+    for the benchmark and the equality tests).
+
+    Each foreground and background is decoded once: its first use (in any worker) writes its
+    pixels (for a foreground its matte, estimate and, when drawn, BM3D result; for a background
+    the pixels at the scale it is decoded at, or denoised) as raw planes in the rssn cache
+    (:mod:`rssn.planes`, ``CACHE/planes``); later samples memory-map them and read only what
+    the window needs. ``plane_cache = False`` decodes every file for every sample instead (the
+    path before; the same tensors); the whole-image path always does."""
 
     whole_image: bool = False
+    plane_cache: bool = True
 
     def __init__(self, fg_dir: str | Path, bg_dir: str | Path, rosta: str, crop: int = 320, seed: int = 0,
                  per_fg: int = 5, compose_options: dict | None = None):
@@ -461,7 +478,7 @@ class OnTheFlyDataset(MattingDataset):
 
     def _compose(self, fg_index: int, k: int) -> dict[str, torch.Tensor]:
         w = self.composite_window(fg_index, k)
-        return self.window_tensors(w.values, w.y, w.x, w.size, w.flip, w.image, w.fg, w.bg)
+        return self.window_tensors(w.values, w.y, w.x, w.size, w.flip, w.image, w.fg, w.bg, w.targets)
 
     def composite_window(self, fg_index: int, k: int) -> CompositeWindow:
         """The crop window of composite ``k`` of foreground ``fg_index`` in this epoch, before
@@ -472,24 +489,39 @@ class OnTheFlyDataset(MattingDataset):
         noise's realisation)."""
         from rssn.cache import ImageCache
         from rssn.compose import ForegroundState, make_composite, make_composite_window
+        from rssn.planes import PlaneForeground, background_reader, open_foreground
 
         item = self.items[fg_index]
         cfg = self.compose_cfg
         cache = ImageCache(cfg.cache_root)
-        state = ForegroundState(item, cfg, cache)
+        state = (ForegroundState(item, cfg, cache) if self.whole_image or not self.plane_cache
+                 else open_foreground(item, cfg, cache))
         pick = derive_rng(self.seed, "train-background", self.epoch, item.stem, k)
         bg_path = self.backgrounds[int(pick.integers(len(self.backgrounds)))]
         rng = derive_rng(self.seed, "train-composite", self.epoch, item.stem, k)
         values = state.matte.values
-        y, x, size, flip = draw_window(values, derive_rng(self.seed, "sample", self.epoch, fg_index, k))
+        sample_rng = derive_rng(self.seed, "sample", self.epoch, fg_index, k)
+        targets = None
+        if isinstance(state, PlaneForeground):  # transition pixels and targets found once, with the planes
+            planes = state
+            h, w = values.shape
+            y, x, size = choose_crop_at(h, w, lambda: planes.transitions, sample_rng)
+            flip = bool(sample_rng.random() < 0.5)  # as draw_window
+            rostas = self._rostas()
+            targets = planes.derived(f"targets-{'-'.join(rostas)}-{TARGETS_VERSION}",
+                                     lambda: target_plane(values.astype(np.float32) / np.float32(_top_of(values)),
+                                                          rostas))
+        else:
+            y, x, size, flip = draw_window(values, sample_rng)
         if self.whole_image:
             image, fg, bg, ops, _box, _scaled = make_composite(state, rng, bg_path, cfg.probabilities, cache)
             win = (slice(y, y + size), slice(x, x + size))
             image, fg, bg = image[win], fg[win], bg[win]
         else:
-            image, fg, bg, ops = make_composite_window(state, rng, bg_path, cfg.probabilities, cache,
-                                                       (y, x, size, size))
-        return CompositeWindow(values, y, x, size, flip, image, fg, bg, ops)
+            image, fg, bg, ops = make_composite_window(
+                state, rng, bg_path, cfg.probabilities, cache, (y, x, size, size),
+                background_reader(cfg, cache) if self.plane_cache else None)
+        return CompositeWindow(values, y, x, size, flip, image, fg, bg, ops, targets)
 
 
 @dataclass(frozen=True)
@@ -506,6 +538,7 @@ class CompositeWindow:
     fg: np.ndarray
     bg: np.ndarray
     ops: list
+    targets: np.ndarray | None = None  # the whole matte's target_plane, when kept with the planes
 
 
 def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: str = "tt", crop: int = 320,

@@ -393,19 +393,37 @@ def _foreground(state: ForegroundState, p: augment.CompositeParams, ops: list[di
     return fg
 
 
+BackgroundReader = Callable[[str, tuple[int, int] | None, bool], tuple[np.ndarray, float | None]]
+
+
+def read_background(bg_path: str, cover: tuple[int, int] | None, denoise: bool, cfg: ComposeConfig,
+                    cache: ImageCache) -> tuple[np.ndarray, float | None]:
+    """(background source, BM3D sigma or None): with ``denoise`` the whole image denoised
+    through the content cache, else :func:`read_image` with ``cover``."""
+    if denoise:
+        return denoise_cached(read_image(bg_path), cfg.denoise_sigma, cfg.denoise_profile, cache)
+    return read_image(bg_path, cover=cover), None
+
+
 def _background_source(p: augment.CompositeParams, bg_path: str, cfg: ComposeConfig, cache: ImageCache,
-                       w: int, h: int, ops: list[dict[str, Any]]) -> np.ndarray:
+                       w: int, h: int, ops: list[dict[str, Any]], reader: BackgroundReader | None = None
+                       ) -> np.ndarray:
     """The background before scaling. Denoising works on the whole source image before it is
     scaled and cropped (as the paper and the authors do; so it is cached and shared);
-    otherwise a JPEG may be decoded at a reduced scale that still covers the output."""
+    otherwise a JPEG may be decoded at a reduced scale that still covers the output.
+    ``reader``: (path, cover, denoise) -> (pixels, sigma) in place of :func:`read_background`
+    (the same pixels from elsewhere: `rssn.planes`)."""
+    def default(path: str, cover: tuple[int, int] | None, denoise: bool) -> tuple[np.ndarray, float | None]:
+        return read_background(path, cover, denoise, cfg, cache)
+
+    read = reader or default
     if p.denoise_bg:
-        bg_src = read_image(bg_path)
-        bg_src, sigma = denoise_cached(bg_src, cfg.denoise_sigma, cfg.denoise_profile, cache)
+        bg_src, sigma = read(bg_path, None, True)
         ops.append({"op": "bm3d", "target": "bg", "sigma": sigma,
                     "sigma_from": "--denoise-sigma" if cfg.denoise_sigma is not None else "whole image",
                     "profile": cfg.denoise_profile})
         return bg_src
-    return read_image(bg_path, cover=(w, h))
+    return read(bg_path, (w, h), False)[0]
 
 
 def window_noise_rng(noise_seed: int) -> np.random.Generator:
@@ -415,18 +433,20 @@ def window_noise_rng(noise_seed: int) -> np.random.Generator:
 
 
 def make_composite_window(state: ForegroundState, rng: np.random.Generator, bg_path: str,
-                          probs: augment.RouteProbabilities, cache: ImageCache, box: augment.Box):
+                          probs: augment.RouteProbabilities, cache: ImageCache, box: augment.Box,
+                          bg_reader: BackgroundReader | None = None):
     """The ``box`` = (y, x, h, w) window of :func:`make_composite` with the same ``rng``:
     (image, fg, bg as uint8 RGB windows, ops). The same draws in the same order; the background
     is scaled whole (exact and cheap) but blurred, and everything blended, on the window (plus
     the blur's reach) only. Inside the window image, fg and bg equal the whole composite's,
     except that noise, when drawn, is drawn for the window alone (``window_noise_rng``: the
-    same sigma at source resolution, another realisation)."""
+    same sigma at source resolution, another realisation). ``bg_reader``: where the background's
+    pixels come from (:func:`_background_source`)."""
     cfg = state.cfg
     h, w = state.matte.shape
     p = augment.draw_params(rng, probs)
     ops: list[dict[str, Any]] = [{"op": "foreground", "method": state.fg_method}]
-    bg_src = _background_source(p, bg_path, cfg, cache, w, h, ops)
+    bg_src = _background_source(p, bg_path, cfg, cache, w, h, ops, bg_reader)
     bg_view, _, _ = augment.fit_background_view(bg_src, h, w, p.crop_fx, p.crop_fy)
     fg = _foreground(state, p, ops)
     if p.blur_kernel is not None:

@@ -196,15 +196,33 @@ def read_image(
     """
     im = open_checked(path, max_pixels)
     try:
-        if cover is not None and im.format == "JPEG":
-            swapped = exif_swaps_axes(im)
-            sw, sh = im.size  # as stored
-            dw, dh = (sh, sw) if swapped else (sw, sh)  # as displayed
-            s = max(cover[0] / dw, cover[1] / dh)
-            need_w, need_h = math.ceil(dw * s - 1e-9), math.ceil(dh * s - 1e-9)
-            im.draft("RGB", (need_h, need_w) if swapped else (need_w, need_h))
+        _draft_to_cover(im, cover)
         im = _load(im, path)
         return _to_rgb8(im, path)
+    finally:
+        im.close()
+
+
+def _draft_to_cover(im: Image.Image, cover: tuple[int, int] | None) -> None:
+    """Set a JPEG's reduced DCT scale that still covers ``cover`` (no-op otherwise)."""
+    if cover is not None and im.format == "JPEG":
+        swapped = exif_swaps_axes(im)
+        sw, sh = im.size  # as stored
+        dw, dh = (sh, sw) if swapped else (sw, sh)  # as displayed
+        s = max(cover[0] / dw, cover[1] / dh)
+        need_w, need_h = math.ceil(dw * s - 1e-9), math.ceil(dh * s - 1e-9)
+        im.draft("RGB", (need_h, need_w) if swapped else (need_w, need_h))
+
+
+def decode_size(path: str | os.PathLike, *, cover: tuple[int, int] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """The stored (width, height) :func:`read_image` decodes ``path`` at with ``cover`` (a
+    JPEG's reduced scale; otherwise the full size), from the header alone: what a cache of
+    decoded pixels keys by."""
+    im = open_checked(path, max_pixels)
+    try:
+        _draft_to_cover(im, cover)
+        return im.size
     finally:
         im.close()
 

@@ -31,6 +31,9 @@ GUARDS: dict[str, list[str]] = {
     "gfm.checkpoint.CHECKPOINT_FORMAT": ["gfm.model.ModelConfig", "gfm.model.GFM", "gfm.checkpoint.load_checkpoint"],
     "gfm.store.STORE_VERSION": ["gfm.store.decode_sample", "gfm.store._PlaneWriter", "gfm.store.pack",
                                 "gfm.store.TrainingStore"],
+    "rssn.planes.PLANES_VERSION": ["rssn.planes", "rssn.compose.ForegroundState", "rssn.compose.read_background",
+                                   "rssn.imageio.decode_size", "rssn.imageio._draft_to_cover"],
+    "gfm.data.TARGETS_VERSION": ["gfm.data.target_plane", "gfm.losses.glance_targets"],
     "gfm.export.ONNX_FORMAT_VERSION": ["gfm.export._Exported", "gfm.export.export_onnx", "gfm.export.output_names",
                                        "gfm.export.SizeFreeAdaptiveAvgPool2d"],
 }
