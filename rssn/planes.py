@@ -18,11 +18,18 @@ mtime_ns and ctime_ns (read before the files are), the settings that decide the 
 BM3D, the foreground noise rule, the content cache and :data:`PLANES_VERSION`: a changed file or
 algorithm gets a new entry and the old one is never served (it stays on disk until the folder
 is removed).
+
+The planes are a speed-up, never a condition: an entry is written only while the cache's disk
+keeps :data:`MIN_FREE_BYTES` free after it, and a write that fails (full disk, read-only or
+unwritable cache) is logged once; either way the sample is composed from the decoded files, with
+the same tensors.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,48 @@ from .layout import ForegroundItem
 # bump when the planes' files, their contents or the key change
 PLANES_VERSION = "1"
 PLANES_DIR = "planes"  # below the rssn cache (``--cache``)
+MIN_FREE_BYTES = 8 << 30  # planes are written only while their disk keeps this much free after them
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # the reasons already logged in this process
+
+
+def _room_for(folder: Path, nbytes: int) -> bool:
+    """Whether ``nbytes`` more fit on ``folder``'s disk leaving :data:`MIN_FREE_BYTES` free
+    (logged once per process when not: the run goes on decoding)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return False
+    if free - nbytes >= MIN_FREE_BYTES:
+        return True
+    _warn_once("room", f"plane cache {probe}: {free / 2**30:.1f} GiB free, fewer than "
+                       f"{MIN_FREE_BYTES / 2**30:.0f} GiB would be left; decoding files for every sample "
+                       "instead (same samples, slower); free space or pass another --cache")
+    return False
+
+
+def _warn_once(kind: str, message: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        log.warning(message)
+
+
+def _try_write(write: Callable[[], None], folder: Path, nbytes: int) -> bool:
+    """Run ``write`` (an entry's files) when there is room; False when there is none or the
+    write fails with an OSError (full disk, read-only or unwritable cache), logged once."""
+    if not _room_for(folder, nbytes):
+        return False
+    try:
+        write()
+        return True
+    except OSError as exc:
+        _warn_once("write", f"plane cache {folder}: cannot write ({exc.strerror or exc}); decoding files "
+                            "for every sample instead (same samples, slower)")
+        return False
 
 
 def planes_root(cfg: ComposeConfig) -> Path:
@@ -101,10 +150,14 @@ class PlaneForeground(ForegroundState):
                     raise ValueError(f"{self.folder}: BM3D plane of {out.shape}, not {self.fg8.shape}")
             except (OSError, ValueError, KeyError, TypeError):
                 fg, est = ForegroundState(self.item, self.cfg, self.cache).denoised()
-                _save(self.folder / "fg8-bm3d.npy", fg)
-                atomic_write_json(self.folder / "bm3d.json",
-                                  {"sigma": est.sigma, "source": est.source, "blocks": est.blocks})
-                out = np.load(self.folder / "fg8-bm3d.npy", mmap_mode="r")
+
+                def write() -> None:
+                    _save(self.folder / "fg8-bm3d.npy", fg)
+                    atomic_write_json(self.folder / "bm3d.json",
+                                      {"sigma": est.sigma, "source": est.source, "blocks": est.blocks})
+
+                out = (np.load(self.folder / "fg8-bm3d.npy", mmap_mode="r")
+                       if _try_write(write, self.folder, fg.nbytes) else fg)
             self._denoised = out, est
         return self._denoised
 
@@ -116,8 +169,9 @@ class PlaneForeground(ForegroundState):
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError):
-            _save(path, make())
-            return np.load(path, mmap_mode="r")
+            plane = make()
+            return np.load(path, mmap_mode="r") if _try_write(lambda: _save(path, plane), self.folder,
+                                                               plane.nbytes) else plane
 
     def ensure_denoised(self) -> bool:
         had = (self.folder / "bm3d.json").exists()
@@ -144,9 +198,10 @@ def _write(folder: Path, state: ForegroundState) -> None:
 
 
 def open_foreground(item: ForegroundItem, cfg: ComposeConfig, cache: ImageCache | None = None,
-                    root: Path | None = None) -> PlaneForeground:
+                    root: Path | None = None) -> ForegroundState:
     """``item``'s planes, built on first use (decode, estimate through the content ``cache``,
-    write) and memory-mapped. A foreground that fails to load raises as
+    write) and memory-mapped: a :class:`PlaneForeground`, or the decoded
+    :class:`ForegroundState` when the planes cannot be written (no room, a failed write). A foreground that fails to load raises as
     :class:`ForegroundState` does (ImageReadError, naming the file), and nothing is written.
     ``root``: the plane folder (:func:`planes_root` by default)."""
     cache = cache if cache is not None else ImageCache(cfg.cache_root)
@@ -156,7 +211,9 @@ def open_foreground(item: ForegroundItem, cfg: ComposeConfig, cache: ImageCache 
         return PlaneForeground(item, cfg, cache, folder)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not built yet (or damaged): build it
-    _write(folder, ForegroundState(item, cfg, cache))
+    state = ForegroundState(item, cfg, cache)
+    if not _try_write(lambda: _write(folder, state), folder, 2 * state.fg8.nbytes + state.matte.values.nbytes):
+        return state  # decoded, not mapped: the caller composes from it all the same
     return PlaneForeground(item, cfg, cache, folder)
 
 
@@ -187,9 +244,13 @@ def open_background(path: str, cover: tuple[int, int] | None, denoise: bool, cfg
         pass  # not built yet (or damaged): build it
     pixels, sigma = read_background(path, cover, denoise, cfg,
                                     cache if cache is not None else ImageCache(cfg.cache_root))
-    _save(folder / "rgb.npy", pixels)
-    atomic_write_json(folder / "meta.json", {"version": PLANES_VERSION, "path": str(path), "denoised": denoise,
-                                             "sigma": sigma, "shape": list(pixels.shape)})
+    def write() -> None:
+        _save(folder / "rgb.npy", pixels)
+        atomic_write_json(folder / "meta.json", {"version": PLANES_VERSION, "path": str(path), "denoised": denoise,
+                                                 "sigma": sigma, "shape": list(pixels.shape)})
+
+    if not _try_write(write, folder, pixels.nbytes):
+        return pixels, sigma
     return np.load(folder / "rgb.npy", mmap_mode="r"), sigma
 
 

@@ -77,6 +77,37 @@ def test_plane_cached_samples_equal_decoding_every_sample(tmp_path, monkeypatch,
     assert not (tmp_path / "cache-plain" / "planes").exists()
 
 
+@pytest.mark.parametrize("fault", ["no room", "write fails"])
+def test_without_room_or_when_a_write_fails_samples_are_decoded_with_the_same_tensors(tmp_path, monkeypatch,
+                                                                                       caplog, fault):
+    """The planes are a speed-up, never a condition: a disk that would keep less than
+    MIN_FREE_BYTES, or a write that fails (a full disk: ENOSPC), leaves no complete entry and
+    serves the tensors of decoding every sample; the reason is logged once per process."""
+    import errno
+
+    import rssn.planes
+
+    monkeypatch.setattr(rssn.planes, "_warned", set())
+    if fault == "no room":
+        monkeypatch.setattr(rssn.planes, "MIN_FREE_BYTES", 1 << 62)
+    else:
+        def full(path, arr):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(rssn.planes, "_save", full)
+    fg, bg = _sets(tmp_path)
+    cached = _dataset(fg, bg, tmp_path / "cache", 1.0)
+    plain = _dataset(fg, bg, tmp_path / "cache-plain", 1.0, planes=False)
+    with caplog.at_level(logging.WARNING, logger="rssn.planes"):
+        for index in range(len(cached)):
+            assert _equal(cached[index], plain[index]), index
+    assert not list(planes_root(cached.compose_cfg).rglob("meta.json"))
+    warned = [r.getMessage() for r in caplog.records if r.name == "rssn.planes"]
+    assert len(warned) == 1, warned
+    assert ("GiB free" in warned[0]) if fault == "no room" else ("No space left on device" in warned[0])
+    assert "decoding files for every sample instead" in warned[0]
+
+
 def test_a_changed_foreground_file_gets_new_planes(tmp_path):
     """The same name with new content (the photo mirrored): the next sample composes the new
     photo, exactly as decoding it does, and differs from the old sample."""
