@@ -222,6 +222,14 @@ def window_sample(image: np.ndarray, values: np.ndarray, bits: np.ndarray, rosta
     return sample
 
 
+def served(sample: dict[str, torch.Tensor], replaced: int) -> dict[str, torch.Tensor]:
+    """``sample`` with ``replaced``: how many samples failed to load before it was served in
+    their place (0 normally). It travels with the data, so the count reaches the trainer from
+    loader processes too (`gfm train` sums it per epoch: history.json's ``train_replaced``)."""
+    sample["replaced"] = torch.tensor(replaced, dtype=torch.int64)
+    return sample
+
+
 def _scale_of(t: torch.Tensor) -> float:
     """The top of an integer tensor's scale: 65535 for a 16-bit matte, else 255."""
     return 65535.0 if t.dtype in (torch.uint16, torch.int32) else 255.0
@@ -232,9 +240,10 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device | str,
     """The float batch the model and losses take, made on ``device`` from an integer batch
     (copied non-blocking: from pinned memory on CUDA it overlaps the previous step):
     ``image`` normalised for the model, ``image_raw``, ``fg``, ``bg``, ``alpha``, ``focus*`` in
-    [0, 1], ``transition*`` 0/1 float, ``glance*`` int64 classes. Same code on CPU and CUDA."""
+    [0, 1], ``transition*`` 0/1 float, ``glance*`` int64 classes. Same code on CPU and CUDA.
+    ``replaced`` (:func:`served`) is a count, not an input: left out."""
     device = torch.device(device)
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "replaced"}
     out: dict[str, torch.Tensor] = {"has_fgbg": b["has_fgbg"]}
     raw = b["image"].float() / 255.0
     out["image_raw"] = raw
@@ -335,7 +344,7 @@ class MattingDataset(Dataset):
         for attempt in range(len(self.samples)):  # a file that fails to decode is replaced by the next
             i = (index + attempt) % len(self.samples)
             try:
-                return self._load(i)
+                return served(self._load(i), attempt)
             except (ImageReadError, OSError, ValueError) as exc:
                 self.replaced += 1
                 log.warning("skipping %s: %s (replaced by the next sample; %d in this process)",
@@ -443,7 +452,7 @@ class OnTheFlyDataset(MattingDataset):
         for attempt in range(len(self.items)):
             i = (index // self.per_fg + attempt) % len(self.items)
             try:
-                return self._compose(i, index % self.per_fg)
+                return served(self._compose(i, index % self.per_fg), attempt)
             except (ImageReadError, OSError, ValueError) as exc:
                 self.replaced += 1
                 log.warning("skipping %s: %s (replaced by the next foreground; %d in this process)",
@@ -507,7 +516,8 @@ def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: 
     ``path``: a folder (photos with mattes, or `rssn compose` output), webdataset shards, a
     store written by `gfm pack`, or a list of them (stores are not mixed with folders); or
     ``fg`` and ``bg`` for composites made on the fly. Every dataset has ``set_epoch(e)``,
-    ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`); batch them with
+    ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`, with ``replaced``:
+    :func:`served`); batch them with
     :func:`collate` and make them float on the device with :func:`to_device`.
     ``photo_fgbg``: closed-form F and B for photos (solved once, kept in ``cache_dir``, the rssn
     cache by default); a store holds them when it was packed with them. Arguments are checked

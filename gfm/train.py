@@ -218,7 +218,9 @@ def check_resume_settings(path: str, ckpt: dict[str, Any], cfg: TrainConfig, wor
 
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state: TrainState, on_step,
                     max_steps: int | None = None, progress: bool = True, laplacian: str = "textbook") -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each loss term (``laplacian``: the pyramid)."""
+    """One pass over ``loader``; returns the mean of each loss term (``laplacian``: the pyramid)
+    and ``train_replaced``, the count of samples that failed to load and were replaced in the
+    batches consumed (each batch's ``replaced``, :func:`gfm.data.served`)."""
     from tqdm import tqdm
 
     model.train()
@@ -226,9 +228,13 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
     n = 0
     use_amp = scaler is not None and scaler.is_enabled()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="step", disable=not progress, dynamic_ncols=True)
+    replaced = 0
     t_ready = time.perf_counter()
     for batch in bar:
         t_got = time.perf_counter()
+        counts = batch.pop("replaced", None)  # a count that travelled with the data, not an input
+        if counts is not None:
+            replaced += int(counts.sum())
         batch = to_device(batch, device)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             out = model(batch["image"])
@@ -257,6 +263,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
     means = {k: v / max(n, 1) for k, v in sums.items()}
     total = sums["data_s"] + sums["compute_s"]
     means["data_share"] = sums["data_s"] / total if total > 0 else 0.0
+    means["train_replaced"] = replaced
     return means
 
 
@@ -661,14 +668,19 @@ def worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+EPOCH_COUNTS = ("train_replaced",)  # epoch record values that are counts: summed over ranks, not averaged
+
+
 def _mean_over_ranks(means: dict[str, float], device) -> dict[str, float]:
-    """The epoch's loss means averaged over the ranks (every rank runs the same number of steps)."""
+    """The epoch's loss means averaged over the ranks (every rank runs the same number of
+    steps); its counts (EPOCH_COUNTS) summed, so they count every rank's samples."""
     import torch.distributed as dist
 
     keys = sorted(means)
     t = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t)
-    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+    world = dist.get_world_size()
+    return {k: int(round(v)) if k in EPOCH_COUNTS else float(v) / world for k, v in zip(keys, t.tolist())}
 
 
 def _broadcast_buffers(model) -> None:
