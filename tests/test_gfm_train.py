@@ -274,3 +274,4 @@ def test_replaced_samples_are_counted_in_history_from_loader_processes(tmp_path)
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert "0 skipped" in lines[0]  # the check did not catch it: the loader met it
     assert [(h["samples"], h["step"], h["train_replaced"]) for h in hist] == [(6, 2, 2)]
+    assert "2 sample(s) failed to load" in lines[-1]
