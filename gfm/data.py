@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rssn.imageio import ImageReadError, read_image, read_matte
-from rssn.layout import LayoutError, files_by_stem, find_foregrounds
+from rssn.layout import LayoutError, composites_of, detect_layout, find_foregrounds, foregrounds_of
 from rssn.seeding import derive_rng
 
 from .losses import FT_BT_KERNEL
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)  # a training sample that fails to load: named
 if TYPE_CHECKING:
     from rssn.shards import TarPart
 
+TRAINING_KINDS = ("shards", "compose", "photo")  # the folders `gfm train --data` reads (rssn.layout)
 CROP_SIZES = (640, 960, 1280)
 TARGET_MARGIN = FT_BT_KERNEL  # more than the reach of the largest target kernel
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -49,43 +50,33 @@ class Sample:
     bg: Path | TarPart | None = None
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    return files_by_stem(folder)[0]
-
-
 def find_samples(folder: str | Path) -> tuple[list[Sample], list[tuple[str, str]]]:
     """The samples of one data folder and the (file, reason) pairs that could not be paired.
 
-    A folder with image/ alpha/ fg/ bg/ is `rssn compose` output (the composition loss uses
-    fg and bg); otherwise it is photos with mattes (original|image + mask|alpha).
+    :func:`rssn.layout.detect_layout` says what the folder is: webdataset shards, `rssn compose`
+    output (image/ alpha/ fg/ bg/; the composition loss uses fg and bg) or photos with mattes
+    (original|image + mask|alpha). A second file of a stem is a failure, never dropped.
     """
     root = Path(folder)
-    tars = sorted(root.glob("*.tar")) or sorted((root / "shards").glob("*.tar"))
-    if tars:  # webdataset shards written by `rssn compose --format webdataset`
+    try:
+        found = detect_layout(root, kinds=TRAINING_KINDS)
+    except LayoutError as exc:
+        raise LayoutError(f"{exc}; or give `rssn compose` output (image/ alpha/ fg/ bg/)") from None
+    if found.kind == "shards":  # written by `rssn compose --format webdataset`
         from rssn.shards import index_shards
 
         samples, failures = [], []
-        for key, parts in sorted(index_shards(tars).items()):
+        for key, parts in sorted(index_shards(found.shards).items()):
             missing = [k for k in ("image", "alpha") if k not in parts]
             if missing:
-                failures.append((f"{tars[0].parent}/{key}", f"shard sample without {'/'.join(missing)}"))
+                failures.append((f"{found.shards[0].parent}/{key}", f"shard sample without {'/'.join(missing)}"))
                 continue
             samples.append(Sample(key, parts["image"], parts["alpha"], parts.get("fg"), parts.get("bg")))
         return samples, failures
-    if all((root / d).is_dir() for d in ("image", "alpha", "fg", "bg")):
-        files = {d: _by_stem(root / d) for d in ("image", "alpha", "fg", "bg")}
-        samples, failures = [], []
-        for stem, img in files["image"].items():
-            missing = [d for d in ("alpha", "fg", "bg") if stem not in files[d]]
-            if missing:
-                failures.append((str(img), f"no {'/'.join(missing)} file with stem {stem!r}"))
-                continue
-            samples.append(Sample(stem, img, files["alpha"][stem], files["fg"][stem], files["bg"][stem]))
-        return samples, failures
-    try:
-        items, fails = find_foregrounds(root, "photo")
-    except LayoutError as exc:
-        raise LayoutError(f"{exc}; or give `rssn compose` output (image/ alpha/ fg/ bg/)") from None
+    if found.kind == "compose":
+        comps, fails = composites_of(found)
+        return [Sample(c.stem, c.image, c.alpha, c.fg, c.bg) for c in comps], [(f.path, f.reason) for f in fails]
+    items, fails = foregrounds_of(found)
     # a photo layout pairs every item with a matte (the test only narrows the type)
     return [Sample(i.stem, i.image, i.matte) for i in items if i.matte is not None], [(f.path, f.reason) for f in fails]
 
@@ -233,6 +224,14 @@ def window_sample(image: np.ndarray, values: np.ndarray, bits: np.ndarray, rosta
     return sample
 
 
+def served(sample: dict[str, torch.Tensor], replaced: int) -> dict[str, torch.Tensor]:
+    """``sample`` with ``replaced``: how many samples failed to load before it was served in
+    their place (0 normally). It travels with the data, so the count reaches the trainer from
+    loader processes too (`gfm train` sums it per epoch: history.json's ``train_replaced``)."""
+    sample["replaced"] = torch.tensor(replaced, dtype=torch.int64)
+    return sample
+
+
 def _scale_of(t: torch.Tensor) -> float:
     """The top of an integer tensor's scale: 65535 for a 16-bit matte, else 255."""
     return 65535.0 if t.dtype in (torch.uint16, torch.int32) else 255.0
@@ -243,9 +242,10 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device | str,
     """The float batch the model and losses take, made on ``device`` from an integer batch
     (copied non-blocking: from pinned memory on CUDA it overlaps the previous step):
     ``image`` normalised for the model, ``image_raw``, ``fg``, ``bg``, ``alpha``, ``focus*`` in
-    [0, 1], ``transition*`` 0/1 float, ``glance*`` int64 classes. Same code on CPU and CUDA."""
+    [0, 1], ``transition*`` 0/1 float, ``glance*`` int64 classes. Same code on CPU and CUDA.
+    ``replaced`` (:func:`served`) is a count, not an input: left out."""
     device = torch.device(device)
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "replaced"}
     out: dict[str, torch.Tensor] = {"has_fgbg": b["has_fgbg"]}
     raw = b["image"].float() / 255.0
     out["image_raw"] = raw
@@ -346,7 +346,7 @@ class MattingDataset(Dataset):
         for attempt in range(len(self.samples)):  # a file that fails to decode is replaced by the next
             i = (index + attempt) % len(self.samples)
             try:
-                return self._load(i)
+                return served(self._load(i), attempt)
             except (ImageReadError, OSError, ValueError) as exc:
                 self.replaced += 1
                 log.warning("skipping %s: %s (replaced by the next sample; %d in this process)",
@@ -469,7 +469,7 @@ class OnTheFlyDataset(MattingDataset):
         for attempt in range(len(self.items)):
             i = (index // self.per_fg + attempt) % len(self.items)
             try:
-                return self._compose(i, index % self.per_fg)
+                return served(self._compose(i, index % self.per_fg), attempt)
             except (ImageReadError, OSError, ValueError) as exc:
                 self.replaced += 1
                 log.warning("skipping %s: %s (replaced by the next foreground; %d in this process)",
@@ -549,7 +549,8 @@ def open_training_set(path: str | Path | list[str | Path] | None = None, rosta: 
     ``path``: a folder (photos with mattes, or `rssn compose` output), webdataset shards, a
     store written by `gfm pack`, or a list of them (stores are not mixed with folders); or
     ``fg`` and ``bg`` for composites made on the fly. Every dataset has ``set_epoch(e)``,
-    ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`); batch them with
+    ``names`` and ``ds[i]``: a dict of integer tensors (:func:`window_sample`, with ``replaced``:
+    :func:`served`); batch them with
     :func:`collate` and make them float on the device with :func:`to_device`.
     ``photo_fgbg``: closed-form F and B for photos (solved once, kept in ``cache_dir``, the rssn
     cache by default); a store holds them when it was packed with them. Arguments are checked

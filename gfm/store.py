@@ -47,6 +47,7 @@ from .data import (
     choose_crop_at,
     find_samples,
     photo_foreground_background,
+    served,
     target_plane,
     window_sample,
 )
@@ -403,7 +404,7 @@ class StoreDataset(MattingDataset):
         return len(self.index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self._load(index)
+        return served(self._load(index), 0)  # a store was checked when packed: nothing is replaced
 
     def _load(self, index: int) -> dict[str, torch.Tensor]:
         k, rec = self.index[index]

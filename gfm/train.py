@@ -218,7 +218,9 @@ def check_resume_settings(path: str, ckpt: dict[str, Any], cfg: TrainConfig, wor
 
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state: TrainState, on_step,
                     max_steps: int | None = None, progress: bool = True, laplacian: str = "textbook") -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each loss term (``laplacian``: the pyramid)."""
+    """One pass over ``loader``; returns the mean of each loss term (``laplacian``: the pyramid)
+    and ``train_replaced``, the count of samples that failed to load and were replaced in the
+    batches consumed (each batch's ``replaced``, :func:`gfm.data.served`)."""
     from tqdm import tqdm
 
     model.train()
@@ -226,9 +228,13 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
     n = 0
     use_amp = scaler is not None and scaler.is_enabled()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="step", disable=not progress, dynamic_ncols=True)
+    replaced = 0
     t_ready = time.perf_counter()
     for batch in bar:
         t_got = time.perf_counter()
+        counts = batch.pop("replaced", None)  # a count that travelled with the data, not an input
+        if counts is not None:
+            replaced += int(counts.sum())
         batch = to_device(batch, device)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             out = model(batch["image"])
@@ -257,6 +263,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch: int, state:
     means = {k: v / max(n, 1) for k, v in sums.items()}
     total = sums["data_s"] + sums["compute_s"]
     means["data_share"] = sums["data_s"] / total if total > 0 else 0.0
+    means["train_replaced"] = replaced
     return means
 
 
@@ -370,7 +377,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
     """Train (or resume) and write checkpoints and logs under ``cfg.out``: set up, data,
-    validation set, resume point, model, then the epochs (each saved as it ends)."""
+    validation set, resume point, model, then the epochs: each one's loader, training pass,
+    validation, and files (:func:`_save_epoch`, rank 0)."""
     ctx, device = _set_up(cfg)
     rank, world, distributed, is_main = ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main
     out = Path(cfg.out)
@@ -378,16 +386,14 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         out.mkdir(parents=True, exist_ok=True)
     dataset, samples, failures = _training_set(cfg, is_main, log)
     val = _validation_set(cfg, samples, dataset, is_main, log)
-    val_samples, val_skipped, overlap, val_fp = val.samples, val.skipped, val.overlap, val.fingerprint
     cfg, resume, ckpt = _resume_point(cfg, out, device)
     assert cfg.batch_size is not None  # _resume_point sets it when it was None
-    model, optimizer, scaler, state, best_val_sad = _model_and_state(cfg, device, resume, ckpt, world, val_fp,
-                                                                     is_main, log)
+    model, optimizer, scaler, state, best_val_sad = _model_and_state(cfg, device, resume, ckpt, world,
+                                                                     val.fingerprint, is_main, log)
     del ckpt
     model, synced_bn = _wrap_distributed(model, device, distributed)
 
-    losses_csv = out / "losses.csv"
-    rows = _read_losses_csv(losses_csv, state.epoch) if is_main else []
+    rows = _read_losses_csv(out / "losses.csv", state.epoch) if is_main else []
     if is_main:
         log(f"{len(dataset)} training samples per epoch, {len(failures)} skipped; batch {cfg.batch_size} x {world} "
             f"process(es) = effective batch {cfg.batch_size * world}; device {device}")
@@ -401,13 +407,7 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
 
     workers = cfg.workers if cfg.workers is not None else default_workers(world)
     for epoch in range(state.epoch, cfg.epochs):
-        dataset.set_epoch(epoch)
-        indices = _epoch_indices(len(dataset), cfg.seed, epoch, rank, world)
-        loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=workers, drop_last=len(indices) >= cfg.batch_size,
-                            pin_memory=device.type == "cuda", collate_fn=collate, worker_init_fn=worker_init,
-                            prefetch_factor=4 if workers else None, persistent_workers=False,
-                            multiprocessing_context=loader_context() if workers else None)
+        loader = _epoch_loader(dataset, cfg, epoch, rank, world, workers, device)
         t0 = time.perf_counter()
         means = train_one_epoch(model, loader, optimizer, scaler, device, epoch, state, on_step,
                                 cfg.max_steps_per_epoch, progress and is_main, cfg.laplacian)
@@ -416,38 +416,76 @@ def run_train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainState:
         state.epoch = epoch + 1
         record = {"epoch": state.epoch, "seconds": round(time.perf_counter() - t0, 2), "step": state.step,
                   "samples": len(dataset), **means}
-        if val_samples:
-            if distributed and not synced_bn:
-                _broadcast_buffers(model)
-            record.update(validate(model, val_samples, device, rank, world))
-            record["val_overlap"] = len(overlap)
-            record["val_skipped"] = len(val_skipped)
+        if val.samples:
+            record.update(_validate_epoch(model, val, device, rank, world, broadcast=distributed and not synced_bn))
         state.history.append(record)
         if is_main:
-            # last.pt first, holding best_val_sad: a kill before best.pt is written leaves a run whose
-            # resume does not re-decide best (best.pt may then lag one epoch, never lead last.pt)
-            is_best = "val_sad" in record and record["val_sad"] <= best_val_sad
-            if is_best:
-                best_val_sad = record["val_sad"]
-            save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg, world, val_fp, best_val_sad),
-                            out / "last.pt")
-            if is_best:
-                save_checkpoint(model_checkpoint(model, epoch=state.epoch, val_sad=record["val_sad"]),
-                                out / "best.pt")
-            _write_losses_csv(losses_csv, rows)
-            plot_curves(rows, out / "loss_curves.png")
-            _write_history(out, state.history, overlap, val_skipped)
-            log("epoch {epoch}: loss {loss:.4f}, waiting for data {share:.0%} of {seconds:.1f} s".format(
-                share=record["data_share"], **record) +
-                (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else ""))
+            best_val_sad = _save_epoch(out, record, rows, model, optimizer, scaler, state, cfg, world, val,
+                                       best_val_sad)
+            log(_epoch_line(record))
     if is_main and state.epoch >= cfg.epochs:  # also on a resume that found nothing left to do
-        _write_history(out, state.history, overlap, val_skipped)
+        _write_history(out, state.history, val.overlap, val.skipped)
     if distributed:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
     return state
+
+
+def _epoch_loader(dataset: MattingDataset, cfg: TrainConfig, epoch: int, rank: int, world: int, workers: int,
+                  device) -> DataLoader:
+    """The loader of one epoch: this rank's share of the epoch's seeded order, in batches (the
+    last partial batch dropped when there is a full one), ``workers`` processes from a forkserver."""
+    assert cfg.batch_size is not None  # _resume_point decided it
+    dataset.set_epoch(epoch)
+    indices = _epoch_indices(len(dataset), cfg.seed, epoch, rank, world)
+    return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
+                      num_workers=workers, drop_last=len(indices) >= cfg.batch_size,
+                      pin_memory=device.type == "cuda", collate_fn=collate, worker_init_fn=worker_init,
+                      prefetch_factor=4 if workers else None, persistent_workers=False,
+                      multiprocessing_context=loader_context() if workers else None)
+
+
+def _validate_epoch(model, val: _Validation, device, rank: int, world: int, broadcast: bool) -> dict[str, float]:
+    """The epoch record's validation part: SAD, MSE, and the counts of overlapping and skipped
+    validation files. ``broadcast``: give every rank rank 0's BatchNorm statistics first (DDP
+    without SyncBatchNorm), so that all ranks score one model."""
+    if broadcast:
+        _broadcast_buffers(model)
+    part = validate(model, val.samples, device, rank, world)
+    part["val_overlap"] = len(val.overlap)
+    part["val_skipped"] = len(val.skipped)
+    return part
+
+
+def _save_epoch(out: Path, record: dict[str, Any], rows: list[dict[str, Any]], model, optimizer, scaler,
+                state: TrainState, cfg: TrainConfig, world: int, val: _Validation, best_val_sad: float) -> float:
+    """Rank 0's files after an epoch: last.pt, best.pt when the validation SAD is the lowest so
+    far, losses.csv, loss_curves.png and history.json; returns the best validation SAD."""
+    # last.pt first, holding best_val_sad: a kill before best.pt is written leaves a run whose
+    # resume does not re-decide best (best.pt may then lag one epoch, never lead last.pt)
+    is_best = "val_sad" in record and record["val_sad"] <= best_val_sad
+    if is_best:
+        best_val_sad = record["val_sad"]
+    save_checkpoint(make_checkpoint(model, optimizer, scaler, state, cfg, world, val.fingerprint, best_val_sad),
+                    out / "last.pt")
+    if is_best:
+        save_checkpoint(model_checkpoint(model, epoch=state.epoch, val_sad=record["val_sad"]), out / "best.pt")
+    _write_losses_csv(out / "losses.csv", rows)
+    plot_curves(rows, out / "loss_curves.png")
+    _write_history(out, state.history, val.overlap, val.skipped)
+    return best_val_sad
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    """The line logged after an epoch: loss, share of time waiting for data, validation scores,
+    and the samples that failed to load (each named in the log as it happened) when there were any."""
+    replaced = record.get("train_replaced", 0)
+    return "epoch {epoch}: loss {loss:.4f}, waiting for data {share:.0%} of {seconds:.1f} s".format(
+        share=record["data_share"], **record) + \
+        (f", val SAD {record['val_sad']:.3f}, MSE {record['val_mse']:.5f}" if "val_sad" in record else "") + \
+        (f"; {replaced} sample(s) failed to load and were replaced by the next" if replaced else "")
 
 
 def _set_up(cfg: TrainConfig):
@@ -661,14 +699,19 @@ def worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+EPOCH_COUNTS = ("train_replaced",)  # epoch record values that are counts: summed over ranks, not averaged
+
+
 def _mean_over_ranks(means: dict[str, float], device) -> dict[str, float]:
-    """The epoch's loss means averaged over the ranks (every rank runs the same number of steps)."""
+    """The epoch's loss means averaged over the ranks (every rank runs the same number of
+    steps); its counts (EPOCH_COUNTS) summed, so they count every rank's samples."""
     import torch.distributed as dist
 
     keys = sorted(means)
     t = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t)
-    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+    world = dist.get_world_size()
+    return {k: int(round(v)) if k in EPOCH_COUNTS else float(v) / world for k, v in zip(keys, t.tolist())}
 
 
 def _broadcast_buffers(model) -> None:

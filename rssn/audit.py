@@ -24,7 +24,7 @@ import numpy as np
 
 from .checks import check_choice_setting, check_int_setting, check_number_setting
 from .imageio import ImageReadError, read_image, read_matte, read_rgba, remove_stale_temporaries
-from .layout import MATTE_DIRS, PHOTO_DIRS, LayoutError, find_foregrounds
+from .layout import LayoutError, find_foregrounds
 from .manifest import Manifest
 from .measures import ERODE_PX, GAPS, MEASURES, MIN_REGION_PX, measure_image
 
@@ -136,12 +136,9 @@ def find_set(name: str, root: Path, limit: int | None = None) -> SetInfo:
                              "output?); compose with --format png or jpg to audit them")
         info = SetInfo(name, str(root), "composites", items, failures)
     else:
-        photos = [d for d in PHOTO_DIRS if (root / d).is_dir()]
-        mattes = [d for d in MATTE_DIRS if (root / d).is_dir()]
-        # an image/ + alpha/ folder is read as photos even when fg/ and bg/ sit beside them
-        layout = "photo" if photos and mattes else "auto"
         try:
-            fgs, bad = find_foregrounds(root, layout)
+            # an image/ + alpha/ folder is read as photos even when fg/ and bg/ sit beside them
+            fgs, bad = find_foregrounds(root, prefer="photo")
         except LayoutError as exc:
             raise AuditError(f"--set {name}: {exc}") from None
         items = [AuditItem(name, f.stem, str(f.image), str(f.matte) if f.matte else None) for f in fgs]

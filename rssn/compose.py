@@ -36,7 +36,7 @@ from .imageio import (
     write_image,
     write_matte,
 )
-from .layout import ForegroundItem, InputFailure, find_foregrounds
+from .layout import LAYOUTS, ForegroundItem, InputFailure, find_foregrounds
 from .manifest import Manifest
 from .provenance import Provenance
 from .seeding import derive_rng
@@ -93,7 +93,6 @@ class ComposeConfig:
 
 
 ROUTES = ("rssn", "plain")
-LAYOUTS = ("auto", "photo", "fg", "rgba")
 EXECUTORS = ("local", "ray")
 IMAGE_FORMATS = ("png", "jpg", "webdataset", "store")  # store: PNG, then packed by gfm pack
 

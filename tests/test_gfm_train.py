@@ -252,4 +252,26 @@ def test_a_sample_that_fails_to_load_is_named_counted_and_replaced(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="gfm.data"):
         got = ds[0]
     assert ds.replaced == 1 and "GT01" in caplog.text
+    # the served sample says it stands in for one that failed: the count travels with the data
+    assert int(want.pop("replaced")) == 0 and int(got.pop("replaced")) == 1
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+@pytest.mark.slow
+def test_replaced_samples_are_counted_in_history_from_loader_processes(tmp_path):
+    """A photo cut off after the set was checked, loaded in a worker process: the epoch record
+    counts every time it was drawn and replaced (the count travels in the batches)."""
+    from gfm.train import TrainConfig, run_train
+
+    data = small_real_set(tmp_path / "data", height=64)
+    broken = data / "image" / "GT05.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # the header still reads, so the set's check passes
+    # the folder twice: 6 samples, each drawn once in the epoch (2 full batches of 3), the broken photo twice
+    cfg = TrainConfig(data=(str(data), str(data)), out=str(tmp_path / "run"), pretrained="none", crop=64,
+                      batch_size=3, epochs=1, lr=1e-3, workers=1, device="cpu", amp=False, photo_fgbg=False)
+    lines: list[str] = []
+    run_train(cfg, progress=False, log=lines.append)
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "0 skipped" in lines[0]  # the check did not catch it: the loader met it
+    assert [(h["samples"], h["step"], h["train_replaced"]) for h in hist] == [(6, 2, 2)]
+    assert "2 sample(s) failed to load" in lines[-1]

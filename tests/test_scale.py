@@ -138,3 +138,30 @@ def test_local_executor_workers_are_single_threaded_in_every_batch():
     assert {t for t, _ in first + second} == {"1"}
     assert len({p for _, p in first + second}) <= 2  # one pool of two workers, not one per batch
     assert os.environ.get("OMP_NUM_THREADS") == before  # the parent's environment is restored
+
+
+def _reduce_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from gfm.train import _mean_over_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    got = _mean_over_ranks({"loss": float(rank + 1), "train_replaced": 2 * rank + 1}, torch.device("cpu"))
+    Path(f"{out}.{rank}").write_text(json.dumps(got))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_epoch_counts_are_summed_over_ranks_and_losses_averaged(tmp_path):
+    """Two gloo ranks: losses 1 and 2 average to 1.5; replaced counts 1 and 3 add up to 4."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_reduce_on_rank, args=(2, port, str(tmp_path / "r")), nprocs=2)
+    for rank in range(2):
+        assert json.loads((tmp_path / f"r.{rank}").read_text()) == {"loss": 1.5, "train_replaced": 4}

@@ -66,7 +66,7 @@ def test_store_gives_every_tensor_of_the_folder_path_on_real_photos(tmp_path, ro
                 assert a[k].dtype == b[k].dtype, k
                 assert torch.equal(a[k], b[k]), f"{k} of {folder.names[i]} in epoch {epoch}"
             assert bool(b["has_fgbg"]) and b["fg"].any()
-    want = {"image", "alpha", "fg", "bg", "has_fgbg"}
+    want = {"image", "alpha", "fg", "bg", "has_fgbg", "replaced"}  # replaced: 0 for both, compared above
     want |= {f"{t}{s}" for t in ("glance", "transition", "focus") for s in (("_tt", "_ft", "_bt") if rosta == "rim" else ("",))}
     assert seen_keys == want
 
