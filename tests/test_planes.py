@@ -150,6 +150,7 @@ def test_a_cut_off_foreground_is_named_counted_and_replaced(tmp_path, caplog, bu
     with caplog.at_level(logging.WARNING, logger="gfm.data"):
         got = ds[0]
     assert ds.replaced == 1 and "f00" in caplog.text
+    assert int(got.pop("replaced")) == 1 and int(want.pop("replaced")) == 0  # the count travels with the sample
     assert _equal(got, want)
     assert len(list(planes_root(ds.compose_cfg).glob("fg/*/*/meta.json"))) == 1 + built_before
 
